@@ -1,0 +1,123 @@
+"""Thin command line: parse, then import the library function only when its command runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from cnndeploy import __version__
+
+MODELS = ("lenet5", "alexnet", "resnet18", "resnet20", "resnet56")  # checked against the registry in tests
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model into a run directory",
+                       description="Train a model; unset hyper-parameters come from the model's "
+                                   "recipe for the dataset (see README).")
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--dataset", required=True, help="mnist, cifar10, or a path to an image folder/archive")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--warmup", type=float, help="fraction of steps spent warming up")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--subset", type=_positive_int, help="train on a fixed random subset of N images")
+    p.add_argument("--data-dir")
+    p.add_argument("--download", action="store_true", help="fetch MNIST/CIFAR-10 if missing")
+    p.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="re-measure test accuracy of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--dataset", help="override the dataset recorded in model.json")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnndeploy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cnndeploy {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of expected errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace, explicit: set[str]) -> int:
+    from pathlib import Path
+
+    from cnndeploy.train.fit import TrainConfig, train
+
+    dataset_tag = Path(args.dataset).name.split(".")[0] or "data"
+    cfg = TrainConfig(model=args.model, dataset=args.dataset, out=args.out or f"runs/{args.model}-{dataset_tag}",
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                      warmup=args.warmup, seed=args.seed, device=args.device, compile=args.compile,
+                      data_dir=args.data_dir, download=args.download, subset=args.subset)
+    metrics = train(cfg, resume=args.resume, explicit=explicit, progress=not args.no_progress)
+    print(f"test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['epochs']} epochs "
+          f"({metrics['wall_seconds']:.1f}s) -> {cfg.out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace, explicit: set[str]) -> int:
+    from cnndeploy.train.evaluate_run import evaluate_run
+
+    result = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, device=args.device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval}
+
+
+def _explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Names of the options the user typed (so --resume can tell them from defaults)."""
+    typed = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    return {a.lstrip("-").replace("-", "_") for a in typed}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    from cnndeploy.errors import CnnDeployError
+
+    try:
+        return COMMANDS[args.command](args, _explicit_options(parser, argv))
+    except CnnDeployError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last complete epoch's checkpoint is kept (use --resume)", file=sys.stderr)
+        return 130

@@ -1,0 +1,107 @@
+"""The run directory contract (GUIDE section 3): model.safetensors + model.json + metrics.json.
+
+Everything here reads files a user may hand us, so nothing is unpickled: weights are
+safetensors, everything else is JSON, and every failure names the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnndeploy import __version__
+from cnndeploy.errors import CheckpointError
+from cnndeploy.fileio import atomic_path, read_json, write_json_atomic
+
+WEIGHTS, MODEL_JSON, METRICS, LOG, CURVES = (
+    "model.safetensors", "model.json", "metrics.json", "log.jsonl", "curves.png")
+CHECKPOINT = "checkpoint.safetensors"
+REQUIRED_META = ("model", "widths", "num_classes", "classes", "channels", "height", "width",
+                 "mean", "std", "dataset")
+
+
+def model_metadata(name: str, model: nn.Module, dataset_meta: dict[str, Any]) -> dict[str, Any]:
+    """model.json: architecture with its actual widths, plus the preprocessing contract."""
+    return {"model": name, "widths": model.widths(), "num_classes": len(dataset_meta["classes"]),
+            **dataset_meta, "cnndeploy_version": __version__}
+
+
+def save_weights(path: str | os.PathLike, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a safetensors file, with one clear error if it is broken."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"weights not found: {p} (expected a safetensors file)")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{p} is corrupt or incomplete ({e}); expected a safetensors file "
+                              "written by cnndeploy") from None
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """load_state_dict, but naming every missing, unexpected and mis-shaped key."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or extra or shapes:
+        parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {extra}" if extra else "",
+                 f"mis-shaped {shapes}" if shapes else ""]
+        raise CheckpointError(f"{where} does not match the architecture in {MODEL_JSON}: "
+                              + "; ".join(p for p in parts if p))
+    model.load_state_dict(state)
+
+
+def read_model_json(run_dir: str | os.PathLike) -> dict[str, Any]:
+    meta = read_json(Path(run_dir) / MODEL_JSON, what=MODEL_JSON)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{Path(run_dir) / MODEL_JSON}: expected a JSON object")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{Path(run_dir) / MODEL_JSON} lacks {missing}")
+    return meta
+
+
+def build_from_metadata(meta: dict[str, Any], where: str) -> nn.Module:
+    from cnndeploy.models import create_model
+
+    try:
+        return create_model(meta["model"], int(meta["num_classes"]), int(meta["channels"]),
+                            int(meta["height"]), int(meta["width"]), **meta["widths"])
+    except (KeyError, ValueError, TypeError) as e:
+        msg = e.args[0] if e.args else e
+        raise CheckpointError(f"{where}: cannot build the model it describes ({msg})") from None
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model of a run directory from model.json + model.safetensors alone."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise CheckpointError(f"run directory not found: {run} (expected a folder made by "
+                              "'cnndeploy train')")
+    meta = read_model_json(run)
+    model = build_from_metadata(meta, str(run / MODEL_JSON))
+    state, _ = load_tensors(run / WEIGHTS)
+    load_state_dict_checked(model, state, str(run / WEIGHTS))
+    return model.to(device).eval(), meta
+
+
+def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
+    write_json_atomic(Path(run_dir) / METRICS, metrics)

@@ -1,0 +1,213 @@
+"""`cnndeploy train`: from a dataset to a complete run directory, resumable epoch by epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnndeploy import rundir
+from cnndeploy.data import ImageDataset, load_dataset
+from cnndeploy.data.device import DeviceSplit, augment_for
+from cnndeploy.errors import CnnDeployError
+from cnndeploy.fileio import write_bytes_atomic
+from cnndeploy.models import create_model, get_spec
+from cnndeploy.train.checkpoint import load_checkpoint, save_checkpoint
+from cnndeploy.train.loop import evaluate, train_one_epoch
+from cnndeploy.train.schedule import lr_at
+
+log = logging.getLogger("cnndeploy")
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    dataset: str
+    out: str
+    epochs: int | None = None          # None: the model's recipe for this dataset
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    warmup: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    data_dir: str | None = None
+    download: bool = False
+    subset: int | None = None          # train on a fixed random subset of this many images
+
+    def resolved(self) -> "TrainConfig":
+        """Fill unset hyper-parameters from the model's recipe for this dataset."""
+        recipe = get_spec(self.model).recipe(self.dataset)
+        fills = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)
+                 if getattr(self, f.name) is None}
+        return dataclasses.replace(self, **fills)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CnnDeployError("--device cuda was asked for but torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}); use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise CnnDeployError(f"--device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only; BN parameters and biases are left alone."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _subset(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
+    if not n or n >= len(ds.train_y):
+        return ds
+    idx = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(seed))[:n].sort()[0]
+    return dataclasses.replace(ds, train_x=ds.train_x[idx.numpy()], train_y=ds.train_y[idx.numpy()])
+
+
+def _prepare_out(out: Path, resume: bool) -> bool:
+    """Refuse to clobber a finished run or silently restart an unfinished one; True if resuming."""
+    has_ckpt = (out / rundir.CHECKPOINT).is_file()
+    if resume:
+        if not has_ckpt:
+            raise CnnDeployError(f"--resume: no {rundir.CHECKPOINT} in {out}; nothing to resume")
+        return True
+    if (out / rundir.METRICS).is_file() or (out / rundir.WEIGHTS).is_file():
+        raise CnnDeployError(f"{out} already holds a trained model; choose another --out "
+                             "(nothing was overwritten)")
+    if has_ckpt:
+        raise CnnDeployError(f"{out} holds an unfinished run; add --resume to continue it, "
+                             "or choose another --out")
+    return False
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    rng = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _set_rng_state(rng: dict[str, torch.Tensor], gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    gen.set_state(rng["data"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+def _resume_config(out: Path, cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
+    from safetensors import safe_open
+
+    with safe_open(str(out / rundir.CHECKPOINT), framework="pt") as f:
+        saved = json.loads((f.metadata() or {}).get("state", "{}")).get("config")
+    if not saved:
+        raise CnnDeployError(f"{out / rundir.CHECKPOINT} holds no training config; cannot resume")
+    clash = {k: (saved[k], getattr(cfg, k)) for k in explicit
+             if k in saved and k not in ("device", "data_dir", "out") and saved[k] != getattr(cfg, k)}
+    if clash:
+        raise CnnDeployError("--resume continues the saved run, but these options differ from it: "
+                             + ", ".join(f"--{k.replace('_', '-')} saved {a!r} vs given {b!r}"
+                                         for k, (a, b) in clash.items()))
+    return dataclasses.replace(TrainConfig(**saved), device=cfg.device, data_dir=cfg.data_dir,
+                               out=cfg.out)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozenset(),
+          progress: bool = True) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.dataset` into the run directory `cfg.out`; returns metrics."""
+    out = Path(cfg.out)
+    resume = _prepare_out(out, resume)
+    cfg = _resume_config(out, cfg, explicit) if resume else cfg.resolved()
+    device = pick_device(cfg.device)
+    t_start = time.perf_counter()
+    ds = _subset(load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download),
+                 cfg.subset, cfg.seed)
+    log.info("data: %s from %s (%d train / %d test images, %.1fs)", ds.source, ds.path,
+             len(ds.train_y), len(ds.test_y), time.perf_counter() - t_start)
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, ds.num_classes, ds.channels, ds.height, ds.width).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    split_args = {"mean": ds.mean, "std": ds.std, "device": device, "channels_last": cuda}
+    train_split = DeviceSplit(ds.train_x, ds.train_y, **split_args)
+    test_split = DeviceSplit(ds.test_x, ds.test_y, **split_args)
+    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=0.9,
+                                nesterov=True)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    steps_per_epoch = train_split.num_batches(cfg.batch_size, drop_last=True)
+    schedule = dict(total_steps=cfg.epochs * steps_per_epoch, peak=cfg.lr, warmup=cfg.warmup)
+
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0}
+    if resume:
+        rng, state = load_checkpoint(out / rundir.CHECKPOINT, model=model, optimizer=optimizer)
+        _set_rng_state(rng, gen, device)
+        log.info("resuming %s after epoch %d of %d", out, state["epoch"], cfg.epochs)
+    step_model = torch.compile(model) if cfg.compile else model
+    out.mkdir(parents=True, exist_ok=True)
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        stats = train_one_epoch(step_model, train_split, optimizer,
+                                lr_at=lambda s: lr_at(s, **schedule), step=state["step"], epoch=epoch,
+                                batch_size=cfg.batch_size, augment=augment_for(ds.name),
+                                generator=gen, loss_fn=loss_fn, progress=progress)
+        t_train = time.perf_counter() - t0
+        test = evaluate(step_model, test_split)
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch, "lr": stats["lr"], "train_loss": stats["train_loss"],
+               "train_accuracy": stats["train_accuracy"], "test_loss": test["loss"],
+               "test_accuracy": test["accuracy"], "seconds": round(seconds, 3),
+               "train_seconds": round(t_train, 3), "eval_seconds": round(seconds - t_train, 3)}
+        if not cuda:  # host timings mean something only when every op is synchronous
+            row.update(data_seconds=round(stats["data_seconds"], 3),
+                       compute_seconds=round(stats["compute_seconds"], 3))
+        state.update(epoch=epoch, step=stats["steps"], history=state["history"] + [row],
+                     train_seconds=state["train_seconds"] + seconds, config=dataclasses.asdict(cfg))
+        save_checkpoint(out / rundir.CHECKPOINT, model=model, optimizer=optimizer,
+                        rng=_rng_state(gen, device), state=state)
+        write_bytes_atomic(out / rundir.LOG, "".join(json.dumps(r) + "\n" for r in state["history"]).encode())
+        log.info("epoch %d/%d  lr %.4f  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.1fs",
+                 epoch, cfg.epochs, row["lr"], row["train_loss"], row["train_accuracy"],
+                 row["test_loss"], row["test_accuracy"], seconds)
+    return _finish(out, cfg, model, ds, state, wall=time.perf_counter() - t_start, device=device)
+
+
+def _finish(out: Path, cfg: TrainConfig, model: nn.Module, ds: ImageDataset, state: dict,
+            *, wall: float, device: torch.device) -> dict[str, Any]:
+    from cnndeploy.train.curves import plot_curves
+
+    history = state["history"]
+    best = max(history, key=lambda h: h["test_accuracy"])
+    meta = rundir.model_metadata(cfg.model, model, ds.metadata())
+    meta["dataset_path"] = ds.path
+    rundir.save_weights(out / rundir.WEIGHTS, model)
+    write_bytes_atomic(out / rundir.MODEL_JSON, (json.dumps(meta, indent=2) + "\n").encode())
+    plot_curves(history, out / rundir.CURVES, f"{cfg.model} on {ds.name} ({ds.source})")
+    metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
+               "best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
+               "epochs": cfg.epochs, "train_images": len(ds.train_y), "test_images": len(ds.test_y),
+               "train_seconds": round(state["train_seconds"], 3), "wall_seconds": round(wall, 3),
+               "train_images_per_second": round(len(ds.train_y) * len(history)
+                                                / sum(h["train_seconds"] for h in history), 1),
+               "params": sum(p.numel() for p in model.parameters()),
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "torch": torch.__version__, "dataset_source": ds.source,
+               "config": dataclasses.asdict(cfg)}
+    rundir.write_metrics(out, metrics)  # written last: its presence marks a complete run
+    return metrics

@@ -1,0 +1,89 @@
+"""One `train_one_epoch()` and one `evaluate()`, shared by training, pruning fine-tune and QAT."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cnndeploy.data.device import Augment, DeviceSplit
+from cnndeploy.errors import TrainingError
+
+
+def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed); full fp32 on CPU for determinism."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss_sum):
+        raise TrainingError(f"training loss became {loss_sum.item()} at epoch {epoch}, step {step}: "
+                            "training stopped and the last good checkpoint was kept; "
+                            "try a lower --lr")
+
+
+def train_one_epoch(model: nn.Module, split: DeviceSplit, optimizer: torch.optim.Optimizer, *,
+                    lr_at: Callable[[int], float], step: int, epoch: int, batch_size: int,
+                    augment: Augment, generator: torch.Generator, loss_fn: nn.Module,
+                    amp: bool = True, progress: bool = True) -> dict:
+    """Train for one pass over `split`; returns loss, accuracy, steps and timings."""
+    model.train()
+    device = split.x.device
+    # A GPU step should not wait for the host, so check the loss every few steps there.
+    check_every = 1 if device.type == "cpu" else 50
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen, data_s, compute_s = 0, 0.0, 0.0
+    bar = tqdm(total=split.num_batches(batch_size, drop_last=True), desc=f"epoch {epoch}",
+               leave=False, disable=None if progress else True, unit="batch")
+    batches = split.batches(batch_size, generator=generator, augment=augment, drop_last=True)
+    start = time.perf_counter()
+    for x, y in batches:
+        t0 = time.perf_counter()
+        data_s += t0 - start
+        lr = lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast_for(device, amp):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().float() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        step += 1
+        if step % check_every == 0:
+            _check_finite(loss_sum, epoch, step)
+        start = time.perf_counter()
+        compute_s += start - t0
+        bar.update()
+    bar.close()
+    _check_finite(loss_sum, epoch, step)
+    return {"train_loss": loss_sum.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1),
+            "steps": step, "lr": lr_at(step - 1), "data_seconds": data_s, "compute_seconds": compute_s}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: DeviceSplit, *, batch_size: int = 1000,
+             loss_fn: nn.Module | None = None, amp: bool = True) -> dict:
+    """Loss and top-1 accuracy over the whole split (accuracy as a fraction in [0, 1])."""
+    model.eval()
+    device = split.x.device
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for x, y in split.batches(batch_size):
+        with autocast_for(device, amp):
+            logits = model(x)
+        loss_sum += loss_fn(logits.float(), y) * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    n = len(split)
+    return {"loss": loss_sum.item() / n, "accuracy": correct.item() / n, "n": n}
