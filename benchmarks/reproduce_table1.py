@@ -93,10 +93,10 @@ def main() -> None:
     for model, dataset in RUNS:
         if only and f"{model}:{dataset}" not in only:
             continue
-        smoke = {"epochs": 1, "batch_size": 64, "subset": 256} if args.smoke else {}
+        sizes = ({"epochs": 1, "batch_size": 64, "subset": 256} if args.smoke
+                 else {"epochs": GPU_EPOCHS.get((model, dataset))})
         cfg = TrainConfig(model=model, dataset=dataset, out=str(Path(args.runs_dir) / f"{model}-{dataset}"),
-                          epochs=GPU_EPOCHS.get((model, dataset)), device=device, data_dir=args.data_dir,
-                          **smoke).resolved()
+                          device=device, data_dir=args.data_dir, **sizes).resolved()
         run_dir = Path(cfg.out)
         if run_dir.exists():
             import shutil
