@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+# TORCH pins the CPU build that lies on this machine's disk; on a CUDA box use e.g.
+#   make run TORCH="torch --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: run test clean-venv
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Main job: train LeNet-5 on the MNIST subset shipped in data/, then re-measure it from the files.
+run: $(BIN)/.installed
+	$(BIN)/cnndeploy train --model lenet5 --dataset mnist --data-dir data/mnist-mini --out $(RUN_DIR)
+	$(BIN)/cnndeploy eval $(RUN_DIR) --data-dir data/mnist-mini
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,34 @@
+"""Shared fixtures: the real datasets in ../shared/datasets, a private cache, the shipped subset."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "data" / "mnist-mini"   # the MNIST subset that ships with the repo
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One decode cache per test session: tests never read or write the user's cache.
+    if "CNNDEPLOY_CACHE" not in os.environ or not os.environ.get("CNNDEPLOY_TEST_KEEP_CACHE"):
+        os.environ["CNNDEPLOY_CACHE"] = tempfile.mkdtemp(prefix="cnndeploy-test-cache-")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder with the real MNIST IDX files and the CIFAR-10 JPEG archive."""
+    root = Path(os.environ.get("CNNDEPLOY_DATA") or REPO.parent / "shared" / "datasets")
+    if not (root / "mnist").is_dir():
+        pytest.skip(f"real datasets not found at {root} (set CNNDEPLOY_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mini_mnist() -> Path:
+    """Data dir holding mnist/ with the shipped subset (10k train, 2k test)."""
+    assert (SHIPPED / "mnist" / "train-images-idx3-ubyte.gz").is_file(), "shipped MNIST subset missing"
+    return SHIPPED
