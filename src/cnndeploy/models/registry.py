@@ -75,9 +75,10 @@ def _check_widths(name: str, kwargs: dict[str, Any]) -> None:
     for key, value in kwargs.items():
         if value is None:
             continue
+        if key == "dropout":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name}: dropout={value!r} must be a number in [0, 1)")
+            continue
         values = value if isinstance(value, (list, tuple)) else [value]
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"{name}: width {key}={value!r} must hold non-negative numbers")
-            if key != "dropout" and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name}: width {key}={value!r} must hold positive integers")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            raise ValueError(f"{name}: width {key}={value!r} must hold positive integers")

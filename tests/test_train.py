@@ -1,0 +1,169 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from cnndeploy import rundir
+from cnndeploy.cli import main
+from cnndeploy.errors import CnnDeployError, TrainingError
+from cnndeploy.train import fit
+from cnndeploy.train.evaluate_run import evaluate_run
+from cnndeploy.train.fit import TrainConfig, train
+
+RUN_FILES = {"model.safetensors", "model.json", "metrics.json", "log.jsonl", "curves.png",
+             "checkpoint.safetensors"}
+
+
+def _cfg(mini_mnist: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(model="lenet5", dataset="mnist", out=str(out), data_dir=str(mini_mnist), device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return rundir.load_tensors(run / rundir.WEIGHTS)[0]
+
+
+@pytest.fixture(scope="module")
+def lenet_run(mini_mnist, tmp_path_factory) -> tuple[Path, dict]:
+    """LeNet-5, 2 epochs on the shipped 10k-image MNIST subset."""
+    out = tmp_path_factory.mktemp("runs") / "lenet"
+    return out, train(_cfg(mini_mnist, out, epochs=2), progress=False)
+
+
+def test_two_epoch_lenet_reaches_90_percent_and_writes_the_run_directory(lenet_run):
+    out, metrics = lenet_run
+    assert metrics["test_accuracy"] >= 0.90          # measured: 0.9445 on 2 CPU cores
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    saved = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= saved["test_accuracy"] <= 1.0 and saved["test_accuracy"] == metrics["test_accuracy"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert {"lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"} <= set(log[0])
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["model"] == "lenet5" and meta["widths"] == {"conv": [6, 16], "fc": [120, 84]}
+    assert (meta["channels"], meta["height"], meta["width"]) == (1, 28, 28)
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["dataset_source"] == "mnist-idx"
+
+
+def test_no_pickle_anywhere_in_the_run_directory(lenet_run):
+    out, _ = lenet_run
+    for p in out.iterdir():
+        head = p.read_bytes()[:2]
+        assert head != b"\x80\x02" and head[:1] != b"\x80" and head != b"PK", p.name  # pickle / torch zip
+
+
+def test_eval_remeasures_the_same_accuracy_from_the_files(lenet_run, mini_mnist):
+    out, metrics = lenet_run
+    result = evaluate_run(out, data_dir=str(mini_mnist), device="cpu")
+    assert result["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    assert result["n"] == 2000
+
+
+def test_checkpoint_and_weights_round_trip(lenet_run):
+    out, _ = lenet_run
+    model, meta = rundir.load_run(out)
+    ckpt = rundir.load_tensors(out / rundir.CHECKPOINT)[0]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["model." + key])
+    with safe_open(str(out / rundir.CHECKPOINT), "pt") as f:
+        state = json.loads(f.metadata()["state"])
+    assert state["epoch"] == 2 and state["step"] > 0 and len(state["history"]) == 2
+    assert {"rng.torch", "rng.data"} <= set(ckpt)
+
+
+def test_same_seed_same_weights(mini_mnist, tmp_path):
+    a = train(_cfg(mini_mnist, tmp_path / "a", epochs=1, subset=512), progress=False)
+    b = train(_cfg(mini_mnist, tmp_path / "b", epochs=1, subset=512), progress=False)
+    assert a["test_accuracy"] == b["test_accuracy"]
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _interrupt_after_epochs(monkeypatch, n: int) -> None:
+    real = fit.save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_stop(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(fit, "save_checkpoint", save_then_stop)
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(mini_mnist, tmp_path, monkeypatch):
+    # AlexNet has dropout, so this also checks that the RNG state travels with the checkpoint.
+    kw = dict(model="alexnet", epochs=3, subset=192, batch_size=64)
+    train(_cfg(mini_mnist, tmp_path / "straight", **kw), progress=False)
+    with monkeypatch.context() as m:
+        _interrupt_after_epochs(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(mini_mnist, tmp_path / "resumed", **kw), progress=False)
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    train(_cfg(mini_mnist, tmp_path / "resumed", **kw), resume=True, progress=False)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("straight", "resumed")]
+    assert [json.loads(x)["test_accuracy"] for x in logs[0]] == [json.loads(x)["test_accuracy"] for x in logs[1]]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mini_mnist, tmp_path, monkeypatch):
+    real = fit.train_one_epoch
+    calls = {"n": 0}
+
+    def poison_second_epoch(model, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(fit, "train_one_epoch", poison_second_epoch)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2.*last good checkpoint"):
+        train(_cfg(mini_mnist, out, epochs=3, subset=256), progress=False)
+    assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
+    with safe_open(str(out / rundir.CHECKPOINT), "pt") as f:
+        assert json.loads(f.metadata()["state"])["epoch"] == 1
+        assert all(torch.isfinite(f.get_tensor(k)).all() for k in f.keys() if k.startswith("model."))
+
+
+def test_a_finished_run_is_never_overwritten(lenet_run, mini_mnist, capsys):
+    out, _ = lenet_run
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code = main(["train", "--model", "lenet5", "--dataset", "mnist", "--data-dir", str(mini_mnist),
+                 "--out", str(out), "--epochs", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "already holds a trained model" in err and "Traceback" not in err
+    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_resume_refuses_changed_options_and_missing_checkpoints(lenet_run, mini_mnist, tmp_path):
+    out, _ = lenet_run
+    with pytest.raises(CnnDeployError, match="--lr saved 0.05 vs given 0.3"):
+        train(_cfg(mini_mnist, out, lr=0.3), resume=True, explicit={"lr"})
+    with pytest.raises(CnnDeployError, match="nothing to resume"):
+        train(_cfg(mini_mnist, tmp_path / "fresh"), resume=True)
+
+
+@pytest.mark.parametrize("dataset,expected", [
+    ("/no/such/folder", "unknown dataset"),
+    ("mnist", "not found"),
+])
+def test_bad_dataset_gives_one_line_error_and_exit_2(dataset, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("CNNDEPLOY_DATA", raising=False)
+    monkeypatch.setenv("CNNDEPLOY_CACHE", str(tmp_path / "cache"))
+    code = main(["train", "--model", "lenet5", "--dataset", dataset, "--data-dir", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_eval_of_a_missing_run_dir(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
