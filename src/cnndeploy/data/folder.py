@@ -75,7 +75,7 @@ def _split_and_class(name: str, source: Path) -> tuple[str, str, str] | None:
 
 def _collect(source: Path) -> tuple[dict[str, set[str]], dict[str, list[tuple[str, bytes]]], Counter]:
     classes: dict[str, set[str]] = {s: set() for s in SPLITS}
-    files: dict[str, list[tuple[str, bytes]]] = {s: [] for s in SPLITS}
+    files: dict[str, list[tuple[str, str, bytes]]] = {s: [] for s in SPLITS}  # (class, name, bytes)
     skipped: Counter = Counter()
     try:
         for name, data in _entries(source):
@@ -91,10 +91,12 @@ def _collect(source: Path) -> tuple[dict[str, set[str]], dict[str, list[tuple[st
             if PurePosixPath(rest).suffix.lower() not in IMAGE_EXTS:
                 skipped["not an image file"] += 1
                 continue
-            files[split].append((cls, data))
+            files[split].append((cls, rest, data))
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
         raise DatasetError(f"{source}: cannot read ({e})") from None
-    return classes, files, skipped
+    # Sorted by name, so a folder, a tarball and a zip of the same files give the same arrays.
+    ordered = {s: [(c, d) for c, _, d in sorted(f, key=lambda t: t[:2])] for s, f in files.items()}
+    return classes, ordered, skipped
 
 
 def _decode(data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:

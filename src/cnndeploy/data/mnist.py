@@ -38,13 +38,19 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
 def read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file: magic 0x0000 <type 0x08 = uint8> <ndim>, big-endian dims, then data."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix == ".gz":
+            with gzip.open(path) as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:
         raise DatasetError(f"{path}: cannot read ({e}); expected an IDX file, optionally gzipped") from None
     if len(raw) < 4 or raw[0:2] != b"\0\0" or raw[2] != 0x08:
         raise DatasetError(f"{path}: not an unsigned-byte IDX file (bad magic {raw[:4].hex()})")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DatasetError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(dims)) if dims else 0
     if len(raw) - header != expected:

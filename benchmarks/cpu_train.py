@@ -1,0 +1,184 @@
+"""CPU training benchmarks of the foundation issue, written to results/ and BENCHMARKS.md by hand.
+
+    python benchmarks/cpu_train.py lenet      # default `cnndeploy train` of LeNet-5 on MNIST, wall time
+    python benchmarks/cpu_train.py resnet20   # ResNet-20 on CIFAR-10 (JPEG) within a CPU-minute budget
+    python benchmarks/cpu_train.py loader     # ResNet-18 images/s: our device-resident loop vs DataLoader
+
+Each prints one JSON object (also saved under results/) with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def bench_lenet(data_dir: str) -> dict:
+    """`cnndeploy train --model lenet5 --dataset mnist` with default settings, cold and warm cache."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "CNNDEPLOY_CACHE": str(Path(tmp) / "cache")}
+        for label in ("cold cache", "warm cache"):
+            out = Path(tmp) / label.replace(" ", "-")
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "cnndeploy", "-q", "train", "--model", "lenet5",
+                            "--dataset", "mnist", "--data-dir", data_dir, "--out", str(out), "--no-progress"],
+                           check=True, env=env, cwd=REPO)
+            wall = time.perf_counter() - t0
+            metrics = json.loads((out / "metrics.json").read_text())
+            results.append({"run": label, "wall_seconds": round(wall, 1),
+                            "test_accuracy": metrics["test_accuracy"], "epochs": metrics["epochs"]})
+    return {"benchmark": "lenet5 mnist default settings", "runs": results}
+
+
+def _calibrate_epoch_seconds(ds, batch: int, steps: int = 15) -> float:
+    """Seconds for one epoch of resnet20 training, from a few timed steps (fwd+bwd+step+data)."""
+    import torch
+
+    from cnndeploy.data.device import DeviceSplit, augment_for
+    from cnndeploy.models import create_model
+
+    model = create_model("resnet20", 10, 3, 32, 32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    split = DeviceSplit(ds.train_x[: batch * (steps + 3)], ds.train_y[: batch * (steps + 3)],
+                        mean=ds.mean, std=ds.std, device=torch.device("cpu"))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for x, y in split.batches(batch, generator=gen, augment=augment_for("cifar10"), drop_last=True):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    per_step = sorted(times[3:])[len(times[3:]) // 2]
+    return per_step * len(ds.train_y) / batch
+
+
+def bench_resnet20(data_dir: str, budget_minutes: float) -> dict:
+    from cnndeploy.data import load_dataset
+    from cnndeploy.train.fit import TrainConfig, train
+
+    ds = load_dataset("cifar10", data_dir=data_dir)
+    recipe_batch = 256
+    epoch_s = _calibrate_epoch_seconds(ds, recipe_batch)
+    # Eval of 10k images costs about a third of a training epoch's forward+backward; keep 8% slack.
+    epochs = max(1, int(budget_minutes * 60 * 0.92 / (epoch_s * 1.12)))
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        metrics = train(TrainConfig(model="resnet20", dataset="cifar10", out=str(Path(tmp) / "r20"),
+                                    epochs=epochs, batch_size=recipe_batch, device="cpu", data_dir=data_dir),
+                        progress=False)
+        wall = time.perf_counter() - t0
+        log = [json.loads(line) for line in (Path(tmp) / "r20" / "log.jsonl").read_text().splitlines()]
+    train_s = sum(r["train_seconds"] for r in log)
+    compute_s = sum(r["compute_seconds"] for r in log)
+    eval_s = sum(r["eval_seconds"] for r in log)
+    return {"benchmark": "resnet20 cifar10-jpeg CPU budget", "budget_minutes": budget_minutes,
+            "calibrated_epoch_seconds": round(epoch_s, 1), "epochs": epochs,
+            "test_accuracy": metrics["test_accuracy"], "wall_seconds": round(wall, 1),
+            "epochs_per_second": round(epochs / wall, 5),
+            "train_images_per_second": metrics["train_images_per_second"],
+            "share_outside_fwd_bwd_in_training": round((train_s - compute_s) / train_s, 4),
+            "share_eval_of_wall": round(eval_s / wall, 4),
+            "accuracy_per_epoch": [r["test_accuracy"] for r in log]}
+
+
+def bench_loader(data_dir: str, steps: int, batch: int) -> dict:
+    """Side by side, interleaved: our resident-tensor batches vs a per-sample DataLoader pipeline."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from cnndeploy.data import load_dataset
+    from cnndeploy.data.device import DeviceSplit, augment_for
+    from cnndeploy.models import create_model
+
+    ds = load_dataset("cifar10", data_dir=data_dir)
+    mean = torch.tensor(ds.mean).view(3, 1, 1)
+    std = torch.tensor(ds.std).view(3, 1, 1)
+
+    class PerSample(Dataset):  # what a torchvision-style pipeline does, without torchvision
+        def __len__(self):
+            return len(ds.train_y)
+
+        def __getitem__(self, i):
+            x = torch.from_numpy(ds.train_x[i])
+            x = torch.nn.functional.pad(x, (4, 4, 4, 4))
+            dy, dx = torch.randint(0, 9, (2,)).tolist()
+            x = x[:, dy:dy + 32, dx:dx + 32]
+            if torch.rand(()) < 0.5:
+                x = x.flip(2)
+            return (x.float() / 255 - mean) / std, int(ds.train_y[i])
+
+    def timed(batches) -> float:
+        model = create_model("resnet18", 10, 3, 32, 32)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        it = iter(batches)
+        for _ in range(2):  # warm-up
+            x, y = next(it)
+            opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            x, y = next(it)
+            opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
+        return steps * batch / (time.perf_counter() - t0)
+
+    split = DeviceSplit(ds.train_x, ds.train_y, mean=ds.mean, std=ds.std, device=torch.device("cpu"))
+    ours, theirs = [], []
+    for rep in range(2):
+        gen = torch.Generator().manual_seed(rep)
+        ours.append(timed(split.batches(batch, generator=gen, augment=augment_for("cifar10"), drop_last=True)))
+        loader = DataLoader(PerSample(), batch_size=batch, shuffle=True, num_workers=1, drop_last=True)
+        theirs.append(timed(loader))
+    return {"benchmark": "resnet18 cifar10 CPU training throughput", "batch_size": batch, "steps": steps,
+            "ours_images_per_second": [round(v, 1) for v in ours],
+            "dataloader_images_per_second": [round(v, 1) for v in theirs],
+            "ratio_ours_over_dataloader": round(sum(ours) / sum(theirs), 3),
+            "dataloader": "torch DataLoader, per-sample crop+flip in __getitem__, num_workers=1, shuffle"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", choices=("lenet", "resnet20", "loader"))
+    ap.add_argument("--data-dir", default=os.environ.get("CNNDEPLOY_DATA", str(REPO.parent / "shared/datasets")))
+    ap.add_argument("--budget-minutes", type=float, default=15.0)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--out", default=str(REPO / "results"))
+    args = ap.parse_args()
+    if args.which == "lenet":
+        result = bench_lenet(args.data_dir)
+    elif args.which == "resnet20":
+        result = bench_resnet20(args.data_dir, args.budget_minutes)
+    else:
+        result = bench_loader(args.data_dir, args.steps, args.batch_size)
+    result = {**result, "machine": machine(), "command": " ".join(["python", *sys.argv])}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"cpu-{args.which}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
