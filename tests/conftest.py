@@ -14,8 +14,7 @@ SHIPPED = REPO / "data" / "mnist-mini"   # the MNIST subset that ships with the 
 
 def pytest_configure(config: pytest.Config) -> None:
     # One decode cache per test session: tests never read or write the user's cache.
-    if "CNNDEPLOY_CACHE" not in os.environ or not os.environ.get("CNNDEPLOY_TEST_KEEP_CACHE"):
-        os.environ["CNNDEPLOY_CACHE"] = tempfile.mkdtemp(prefix="cnndeploy-test-cache-")
+    os.environ["CNNDEPLOY_CACHE"] = tempfile.mkdtemp(prefix="cnndeploy-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -167,3 +167,31 @@ def test_bad_dataset_gives_one_line_error_and_exit_2(dataset, expected, tmp_path
 def test_cli_eval_of_a_missing_run_dir(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "run directory not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"<html>not found</html>",
+                                     b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n"])
+def test_corrupt_weights_and_checkpoints_are_named_as_such(lenet_run, tmp_path, content):
+    out, _ = lenet_run
+    run = tmp_path / "copy"
+    run.mkdir()
+    for name in ("model.json", "metrics.json"):
+        (run / name).write_bytes((out / name).read_bytes())
+    (run / rundir.WEIGHTS).write_bytes(content)
+    (run / rundir.CHECKPOINT).write_bytes(content)
+    with pytest.raises(CnnDeployError, match="corrupt or incomplete"):
+        rundir.load_run(run)
+    with pytest.raises(CnnDeployError, match="corrupt or incomplete"):
+        train(TrainConfig(model="lenet5", dataset="mnist", out=str(run)), resume=True)
+
+
+def test_mismatched_weights_list_the_keys(lenet_run, tmp_path):
+    out, _ = lenet_run
+    run = tmp_path / "wide"
+    run.mkdir()
+    meta = json.loads((out / "model.json").read_text())
+    meta["widths"]["fc"] = [100, 84]
+    (run / "model.json").write_text(json.dumps(meta))
+    (run / rundir.WEIGHTS).write_bytes((out / rundir.WEIGHTS).read_bytes())
+    with pytest.raises(CnnDeployError, match=r"mis-shaped.*classifier\.0\.weight"):
+        rundir.load_run(run)

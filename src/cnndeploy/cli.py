@@ -97,7 +97,7 @@ def _cmd_eval(args: argparse.Namespace, explicit: set[str]) -> int:
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval}
 
 
-def _explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+def _explicit_options(argv: Sequence[str]) -> set[str]:
     """Names of the options the user typed (so --resume can tell them from defaults)."""
     typed = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
     return {a.lstrip("-").replace("-", "_") for a in typed}
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cnndeploy.errors import CnnDeployError
 
     try:
-        return COMMANDS[args.command](args, _explicit_options(parser, argv))
+        return COMMANDS[args.command](args, _explicit_options(argv))
     except CnnDeployError as e:
         if args.debug:
             raise

@@ -38,6 +38,21 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
         save_file(tensors, str(tmp), metadata=meta)
 
 
+def checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON half of a checkpoint (epoch, step, config, history) without loading tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (format {meta.get('format')!r})")
+        return json.loads(meta["state"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt or incomplete ({e}); expected a checkpoint "
+                              "written by 'cnndeploy train'") from None
+
+
 def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Restore model and optimizer in place; return the RNG tensors and the JSON state."""

@@ -19,7 +19,7 @@ from cnndeploy.data.device import DeviceSplit, augment_for
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import write_bytes_atomic
 from cnndeploy.models import create_model, get_spec
-from cnndeploy.train.checkpoint import load_checkpoint, save_checkpoint
+from cnndeploy.train.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from cnndeploy.train.loop import evaluate, train_one_epoch
 from cnndeploy.train.schedule import lr_at
 
@@ -108,10 +108,7 @@ def _set_rng_state(rng: dict[str, torch.Tensor], gen: torch.Generator, device: t
 
 
 def _resume_config(out: Path, cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
-    from safetensors import safe_open
-
-    with safe_open(str(out / rundir.CHECKPOINT), framework="pt") as f:
-        saved = json.loads((f.metadata() or {}).get("state", "{}")).get("config")
+    saved = checkpoint_state(out / rundir.CHECKPOINT).get("config")
     if not saved:
         raise CnnDeployError(f"{out / rundir.CHECKPOINT} holds no training config; cannot resume")
     clash = {k: (saved[k], getattr(cfg, k)) for k in explicit
