@@ -11,15 +11,14 @@ Adaptation, kept to what the small inputs force or what makes it train reliably:
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from cnndeploy.models.common import conv_bn, flat_features
+from cnndeploy.models.common import FeaturesClassifier, conv_bn, flat_features
 
 POOL_AFTER = (0, 1, 4)  # indices of the convolutions followed by max-pooling
 
 
-class AlexNet(nn.Module):
+class AlexNet(FeaturesClassifier):
     def __init__(self, num_classes: int, channels: int, height: int, width: int, *,
                  conv: tuple[int, ...] = (64, 192, 384, 256, 256), fc: tuple[int, int] = (1024, 1024),
                  dropout: float = 0.5) -> None:
@@ -42,12 +41,6 @@ class AlexNet(nn.Module):
             nn.Linear(fc[1], num_classes),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
     def widths(self) -> dict:
-        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
-        fcs = [m for m in self.classifier if isinstance(m, nn.Linear)][:-1]
         dropout = next(m.p for m in self.classifier if isinstance(m, nn.Dropout))
-        return {"conv": [c.out_channels for c in convs], "fc": [f.out_features for f in fcs],
-                "dropout": dropout}
+        return {**super().widths(), "dropout": dropout}

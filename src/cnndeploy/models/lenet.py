@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from cnndeploy.models.common import flat_features
+from cnndeploy.models.common import FeaturesClassifier, flat_features
 
 
-class LeNet5(nn.Module):
+class LeNet5(FeaturesClassifier):
     """conv5-pool-conv5-pool-fc-fc-fc.
 
     28x28 inputs get padding 2 in the first convolution so that both 28x28 and 32x32
@@ -30,12 +29,3 @@ class LeNet5(nn.Module):
             nn.Linear(fc[0], fc[1]), nn.ReLU(inplace=True),
             nn.Linear(fc[1], num_classes),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-    def widths(self) -> dict:
-        """Actual layer widths, read from the layers (so they stay right after pruning)."""
-        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
-        fcs = [m for m in self.classifier if isinstance(m, nn.Linear)][:-1]
-        return {"conv": [c.out_channels for c in convs], "fc": [f.out_features for f in fcs]}
