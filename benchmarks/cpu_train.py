@@ -105,7 +105,7 @@ def bench_resnet20(data_dir: str, budget_minutes: float) -> dict:
             "accuracy_per_epoch": [r["test_accuracy"] for r in log]}
 
 
-def bench_loader(data_dir: str, steps: int, batch: int) -> dict:
+def bench_loader(data_dir: str, steps: int, batch: int, reps: int) -> dict:
     """Side by side, interleaved: our resident-tensor batches vs a per-sample DataLoader pipeline."""
     import torch
     from torch.utils.data import DataLoader, Dataset
@@ -146,17 +146,27 @@ def bench_loader(data_dir: str, steps: int, batch: int) -> dict:
         return steps * batch / (time.perf_counter() - t0)
 
     split = DeviceSplit(ds.train_x, ds.train_y, mean=ds.mean, std=ds.std, device=torch.device("cpu"))
-    ours, theirs = [], []
-    for rep in range(2):
-        gen = torch.Generator().manual_seed(rep)
-        ours.append(timed(split.batches(batch, generator=gen, augment=augment_for("cifar10"), drop_last=True)))
-        loader = DataLoader(PerSample(), batch_size=batch, shuffle=True, num_workers=1, drop_last=True)
-        theirs.append(timed(loader))
-    return {"benchmark": "resnet18 cifar10 CPU training throughput", "batch_size": batch, "steps": steps,
-            "ours_images_per_second": [round(v, 1) for v in ours],
-            "dataloader_images_per_second": [round(v, 1) for v in theirs],
-            "ratio_ours_over_dataloader": round(sum(ours) / sum(theirs), 3),
-            "dataloader": "torch DataLoader, per-sample crop+flip in __getitem__, num_workers=1, shuffle"}
+    pipelines = {
+        "ours": lambda rep: split.batches(batch, generator=torch.Generator().manual_seed(rep),
+                                          augment=augment_for("cifar10"), drop_last=True),
+        "dataloader_workers0": lambda rep: DataLoader(PerSample(), batch_size=batch, shuffle=True,
+                                                      num_workers=0, drop_last=True),
+        "dataloader_workers1": lambda rep: DataLoader(PerSample(), batch_size=batch, shuffle=True,
+                                                      num_workers=1, drop_last=True),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    names = list(pipelines)
+    for rep in range(reps):  # interleaved, rotating the order so drift hits every pipeline alike
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            rates[name].append(round(timed(pipelines[name](rep)), 1))
+    median = {name: sorted(v)[len(v) // 2] for name, v in rates.items()}
+    return {"benchmark": "resnet18 cifar10 CPU training throughput (images/s)", "batch_size": batch,
+            "steps_per_measurement": steps, "reps": reps, "images_per_second": rates,
+            "median_images_per_second": median,
+            "ratio_ours_over_dataloader_workers0": round(median["ours"] / median["dataloader_workers0"], 3),
+            "ratio_ours_over_dataloader_workers1": round(median["ours"] / median["dataloader_workers1"], 3),
+            "dataloader": "torch DataLoader over a per-sample Dataset doing crop+flip+normalise in "
+                          "__getitem__, shuffle=True"}
 
 
 def main() -> None:
@@ -164,7 +174,8 @@ def main() -> None:
     ap.add_argument("which", choices=("lenet", "resnet20", "loader"))
     ap.add_argument("--data-dir", default=os.environ.get("CNNDEPLOY_DATA", str(REPO.parent / "shared/datasets")))
     ap.add_argument("--budget-minutes", type=float, default=15.0)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--out", default=str(REPO / "results"))
     args = ap.parse_args()
@@ -173,7 +184,7 @@ def main() -> None:
     elif args.which == "resnet20":
         result = bench_resnet20(args.data_dir, args.budget_minutes)
     else:
-        result = bench_loader(args.data_dir, args.steps, args.batch_size)
+        result = bench_loader(args.data_dir, args.steps, args.batch_size, args.reps)
     result = {**result, "machine": machine(), "command": " ".join(["python", *sys.argv])}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"cpu-{args.which}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -195,3 +195,35 @@ def test_mismatched_weights_list_the_keys(lenet_run, tmp_path):
     (run / rundir.WEIGHTS).write_bytes((out / rundir.WEIGHTS).read_bytes())
     with pytest.raises(CnnDeployError, match=r"mis-shaped.*classifier\.0\.weight"):
         rundir.load_run(run)
+
+
+def _png_tree(root: Path, size: int) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for label, cls in enumerate(("cat", "dog")):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 90, (size, size, 3)) + 120 * label  # dogs are brighter
+                Image.fromarray(pixels.astype("uint8")).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_train_and_eval_on_a_users_image_folder(tmp_path):
+    data = _png_tree(tmp_path / "pets", 32)
+    out = tmp_path / "run"
+    metrics = train(TrainConfig(model="lenet5", dataset=str(data), out=str(out), epochs=3, batch_size=8,
+                                device="cpu"), progress=False)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == ["cat", "dog"] and meta["dataset"] == "pets" and meta["channels"] == 3
+    assert meta["dataset_source"] == "image-folder"
+    assert evaluate_run(out, device="cpu")["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_images_too_small_for_the_model_are_a_clear_error(tmp_path):
+    data = _png_tree(tmp_path / "tiny", 4)
+    with pytest.raises(CnnDeployError, match="too small"):
+        train(TrainConfig(model="lenet5", dataset=str(data), out=str(tmp_path / "r"), epochs=1,
+                          device="cpu"), progress=False)

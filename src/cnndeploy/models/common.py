@@ -6,8 +6,12 @@ from torch import nn
 
 def flat_features(features: nn.Module, channels: int, height: int, width: int) -> int:
     """Size of the flattened feature map for one input, found by a dry run."""
-    with torch.no_grad():
-        return int(features(torch.zeros(1, channels, height, width)).shape[1])
+    try:
+        with torch.no_grad():
+            return int(features(torch.zeros(1, channels, height, width)).shape[1])
+    except RuntimeError as e:
+        raise ValueError(f"a {channels}x{height}x{width} input is too small for this network "
+                         f"({str(e).splitlines()[0]})") from None
 
 
 def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:

@@ -17,7 +17,7 @@ from cnndeploy import rundir
 from cnndeploy.data import ImageDataset, load_dataset
 from cnndeploy.data.device import DeviceSplit, augment_for
 from cnndeploy.errors import CnnDeployError
-from cnndeploy.fileio import write_bytes_atomic
+from cnndeploy.fileio import write_bytes_atomic, write_json_atomic
 from cnndeploy.models import create_model, get_spec
 from cnndeploy.train.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from cnndeploy.train.loop import evaluate, train_one_epoch
@@ -135,7 +135,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
              len(ds.train_y), len(ds.test_y), time.perf_counter() - t_start)
 
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, ds.num_classes, ds.channels, ds.height, ds.width).to(device)
+    try:
+        model = create_model(cfg.model, ds.num_classes, ds.channels, ds.height, ds.width).to(device)
+    except ValueError as e:
+        raise CnnDeployError(f"{cfg.model} cannot take the images of {ds.path}: {e}") from None
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -150,7 +153,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
     steps_per_epoch = train_split.num_batches(cfg.batch_size, drop_last=True)
     schedule = dict(total_steps=cfg.epochs * steps_per_epoch, peak=cfg.lr, warmup=cfg.warmup)
 
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "seconds_in_epochs": 0.0}
     if resume:
         rng, state = load_checkpoint(out / rundir.CHECKPOINT, model=model, optimizer=optimizer)
         _set_rng_state(rng, gen, device)
@@ -175,7 +178,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
             row.update(data_seconds=round(stats["data_seconds"], 3),
                        compute_seconds=round(stats["compute_seconds"], 3))
         state.update(epoch=epoch, step=stats["steps"], history=state["history"] + [row],
-                     train_seconds=state["train_seconds"] + seconds, config=dataclasses.asdict(cfg))
+                     seconds_in_epochs=state["seconds_in_epochs"] + seconds, config=dataclasses.asdict(cfg))
         save_checkpoint(out / rundir.CHECKPOINT, model=model, optimizer=optimizer,
                         rng=_rng_state(gen, device), state=state)
         write_bytes_atomic(out / rundir.LOG, "".join(json.dumps(r) + "\n" for r in state["history"]).encode())
@@ -194,12 +197,12 @@ def _finish(out: Path, cfg: TrainConfig, model: nn.Module, ds: ImageDataset, sta
     meta = rundir.model_metadata(cfg.model, model, ds.metadata())
     meta["dataset_path"] = ds.path
     rundir.save_weights(out / rundir.WEIGHTS, model)
-    write_bytes_atomic(out / rundir.MODEL_JSON, (json.dumps(meta, indent=2) + "\n").encode())
+    write_json_atomic(out / rundir.MODEL_JSON, meta)
     plot_curves(history, out / rundir.CURVES, f"{cfg.model} on {ds.name} ({ds.source})")
     metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
                "best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
                "epochs": cfg.epochs, "train_images": len(ds.train_y), "test_images": len(ds.test_y),
-               "train_seconds": round(state["train_seconds"], 3), "wall_seconds": round(wall, 3),
+               "seconds_in_epochs": round(state["seconds_in_epochs"], 3), "wall_seconds": round(wall, 3),
                "train_images_per_second": round(len(ds.train_y) * len(history)
                                                 / sum(h["train_seconds"] for h in history), 1),
                "params": sum(p.numel() for p in model.parameters()),
