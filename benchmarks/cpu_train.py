@@ -105,6 +105,17 @@ def bench_resnet20(data_dir: str, budget_minutes: float) -> dict:
             "accuracy_per_epoch": [r["test_accuracy"] for r in log]}
 
 
+def _data_only_ms(batches, n: int = 30) -> float:
+    """Milliseconds per batch spent producing batches alone (no model), after 3 warm-up batches."""
+    it = iter(batches)
+    for _ in range(3):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    return (time.perf_counter() - t0) * 1000 / n
+
+
 def bench_loader(data_dir: str, steps: int, batch: int, reps: int) -> dict:
     """Side by side, interleaved: our resident-tensor batches vs a per-sample DataLoader pipeline."""
     import torch
@@ -160,9 +171,10 @@ def bench_loader(data_dir: str, steps: int, batch: int, reps: int) -> dict:
         for name in names[rep % len(names):] + names[:rep % len(names)]:
             rates[name].append(round(timed(pipelines[name](rep)), 1))
     median = {name: sorted(v)[len(v) // 2] for name, v in rates.items()}
+    data_ms = {name: round(_data_only_ms(make(0)), 2) for name, make in pipelines.items()}
     return {"benchmark": "resnet18 cifar10 CPU training throughput (images/s)", "batch_size": batch,
             "steps_per_measurement": steps, "reps": reps, "images_per_second": rates,
-            "median_images_per_second": median,
+            "median_images_per_second": median, "data_only_ms_per_batch": data_ms,
             "ratio_ours_over_dataloader_workers0": round(median["ours"] / median["dataloader_workers0"], 3),
             "ratio_ours_over_dataloader_workers1": round(median["ours"] / median["dataloader_workers1"], 3),
             "dataloader": "torch DataLoader over a per-sample Dataset doing crop+flip+normalise in "
