@@ -51,11 +51,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="re-measure test accuracy of a run directory")
-    p.add_argument("run_dir")
+    p = sub.add_parser("eval", help="re-measure test accuracy of a run directory or an ONNX file")
+    p.add_argument("run_dir", metavar="RUN_DIR|MODEL.onnx")
     p.add_argument("--dataset", help="override the dataset recorded in model.json")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a run directory to ONNX (validated against PyTorch)")
+    p.add_argument("run_dir")
+    p.add_argument("--onnx", action="store_true", help="write RUN_DIR/model.onnx")
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset (17 or newer)")
+    p.add_argument("--out", help="ONNX path (default RUN_DIR/model.onnx)")
+    p.add_argument("--data-dir", help="where the test images used for validation are")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
+    _add_export(sub)
     return parser
 
 
@@ -87,14 +97,32 @@ def _cmd_train(args: argparse.Namespace, explicit: set[str]) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace, explicit: set[str]) -> int:
-    from cnndeploy.train.evaluate_run import evaluate_run
+    if args.run_dir.endswith(".onnx"):
+        from cnndeploy.export.evaluate_onnx import evaluate_onnx
 
-    result = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, device=args.device)
+        result = evaluate_onnx(args.run_dir, dataset=args.dataset, data_dir=args.data_dir)
+    else:
+        from cnndeploy.train.evaluate_run import evaluate_run
+
+        result = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, device=args.device)
     print(json.dumps(result, indent=2))
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval}
+def _cmd_export(args: argparse.Namespace, explicit: set[str]) -> int:
+    from cnndeploy.errors import CnnDeployError
+
+    if not args.onnx:
+        raise CnnDeployError("nothing to export: pass --onnx")
+    from cnndeploy.export import export_onnx
+
+    path, report = export_onnx(args.run_dir, out=args.out, opset=args.opset, data_dir=args.data_dir)
+    print(f"{path}: max |logit diff| {report['max_abs_diff']:.2e} vs PyTorch, "
+          f"top-1 agreement {100 * report['top1_agreement']:.1f}% at batch sizes {report['batches']}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export}
 
 
 def _explicit_options(argv: Sequence[str]) -> set[str]:

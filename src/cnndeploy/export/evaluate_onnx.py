@@ -1,0 +1,30 @@
+"""`cnndeploy eval MODEL.onnx`: accuracy of the exact file that ships, on the whole test set."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from cnndeploy.data import load_dataset
+from cnndeploy.errors import DatasetError
+from cnndeploy.serve.runtime import Classifier
+
+
+def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, data_dir: str | None = None,
+                  batch_size: int = 256, threads: int | None = None) -> dict[str, Any]:
+    clf = Classifier(path, threads=threads)
+    meta = clf.meta
+    ds = load_dataset(dataset or meta["dataset"], data_dir=data_dir, image_size=meta["height"])
+    if ds.classes != clf.classes or ds.test_x.shape[1:] != (meta["channels"], meta["height"], meta["width"]):
+        raise DatasetError(f"{ds.path} does not match {path}: classes {ds.classes} vs {clf.classes}, "
+                           f"images {ds.test_x.shape[1:]} vs {(meta['channels'], meta['height'], meta['width'])}")
+    mean = meta["mean"].reshape(1, -1, 1, 1)
+    std = meta["std"].reshape(1, -1, 1, 1)
+    correct = 0
+    for start in range(0, len(ds.test_y), batch_size):
+        x = (ds.test_x[start:start + batch_size].astype(np.float32) / 255.0 - mean) / std
+        correct += int((clf.logits(x).argmax(1) == ds.test_y[start:start + batch_size]).sum())
+    return {"test_accuracy": correct / len(ds.test_y), "n": len(ds.test_y), "dataset_source": ds.source,
+            "model": meta["model"], "file": str(path)}

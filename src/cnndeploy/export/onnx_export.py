@@ -1,0 +1,99 @@
+"""`cnndeploy export RUN_DIR --onnx`: model.onnx with metadata, checked and validated.
+
+Validation follows optimum's `validate_model_outputs`: the exported file and the PyTorch
+model run the same real test images at batch sizes 1 and 7, and the export fails (leaving
+no file at the final path) if logits differ by more than the stated tolerance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnndeploy.data import load_dataset
+from cnndeploy.errors import CnnDeployError
+from cnndeploy.export.metadata import onnx_metadata
+from cnndeploy.fileio import atomic_path
+from cnndeploy.rundir import load_run
+
+log = logging.getLogger("cnndeploy")
+
+OPSET = 20
+ATOL = 1e-4          # max |logit difference| allowed, absolute ...
+RTOL = 1e-4          # ... plus this fraction of the largest |logit|
+VALIDATION_BATCHES = (1, 7)
+
+
+class ExportError(CnnDeployError):
+    """An export could not be produced or did not match the PyTorch model."""
+
+
+def _export_proto(model: torch.nn.Module, sample: torch.Tensor, opset: int):
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # exporter chatter, e.g. torchvision ops
+    program = torch.onnx.export(model, (sample,), dynamo=True, verbose=False, opset_version=opset,
+                                input_names=["input"], output_names=["logits"],
+                                dynamic_shapes=({0: batch},))
+    return program.model_proto
+
+
+def _normalised(images: np.ndarray, meta: dict) -> np.ndarray:
+    mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
+    return ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
+def validation_images(meta: dict, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
+    """The first `n` test images of the model's dataset, preprocessed as the model expects."""
+    name = meta["dataset"] if meta["dataset"] in ("mnist", "cifar10") else meta.get("dataset_path")
+    ds = load_dataset(name or meta["dataset"], data_dir=data_dir, image_size=meta["height"])
+    return _normalised(ds.test_x[:n], meta)
+
+
+def validate(path: Path, model: torch.nn.Module, images: np.ndarray) -> dict:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst, agree, total = 0.0, 0, 0
+    with torch.no_grad():
+        for bs in VALIDATION_BATCHES:
+            x = images[:bs]
+            ref = model(torch.from_numpy(x)).numpy()
+            got = session.run(["logits"], {"input": x})[0]
+            diff = float(np.abs(ref - got).max())
+            limit = ATOL + RTOL * float(np.abs(ref).max())
+            if got.shape != ref.shape or diff > limit:
+                raise ExportError(f"ONNX output differs from PyTorch at batch {bs}: max |diff| {diff:.3g} "
+                                  f"> tolerance {limit:.3g} (atol {ATOL} + rtol {RTOL} x max|logit|)")
+            worst = max(worst, diff)
+            agree += int((ref.argmax(1) == got.argmax(1)).sum())
+            total += bs
+    return {"max_abs_diff": worst, "top1_agreement": agree / total, "batches": list(VALIDATION_BATCHES)}
+
+
+def export_onnx(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, opset: int = OPSET,
+                data_dir: str | None = None) -> tuple[Path, dict]:
+    """Write RUN_DIR/model.onnx (or `out`); return its path and the validation report."""
+    import onnx
+
+    if opset < 17:
+        raise ExportError(f"--opset {opset}: expected 17 or newer")
+    model, meta = load_run(run_dir)
+    images = validation_images(meta, data_dir)
+    final = Path(out) if out else Path(run_dir) / "model.onnx"
+    proto = _export_proto(model, torch.from_numpy(images[:2]), opset)
+    for key, value in onnx_metadata(meta).items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"cnndeploy {meta['model']} trained on {meta['dataset']}"
+    with atomic_path(final) as tmp:
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        report = validate(tmp, model, images)
+    log.debug("exported %s: max |logit diff| %.2e vs PyTorch, top-1 agreement %.0f%% (batches %s)",
+             final, report["max_abs_diff"], 100 * report["top1_agreement"], report["batches"])
+    return final, report

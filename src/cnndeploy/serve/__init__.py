@@ -1,0 +1,1 @@
+"""Serving: the embeddable ONNX classifier (numpy + pillow + onnxruntime only)."""

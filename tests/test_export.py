@@ -1,0 +1,176 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from cnndeploy import rundir
+from cnndeploy.cli import main
+from cnndeploy.data import load_dataset
+from cnndeploy.errors import CnnDeployError
+from cnndeploy.export import export_onnx, onnx_export
+from cnndeploy.export.evaluate_onnx import evaluate_onnx
+from cnndeploy.models import create_model, list_models
+from cnndeploy.serve.runtime import Classifier, ImageInputError, ModelFileError
+from cnndeploy.train.evaluate_run import evaluate_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_run(root: Path, name: str, data_dir: Path, dataset: str = "mnist") -> Path:
+    """An untrained run directory (weights + model.json) for `name` on `dataset`."""
+    ds = load_dataset(dataset, data_dir=data_dir)
+    torch.manual_seed(0)
+    model = create_model(name, ds.num_classes, ds.channels, ds.height, ds.width).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so the export must carry them
+        model.train()(torch.randn(8, ds.channels, ds.height, ds.width))
+    run = root / f"{name}-{dataset}"
+    run.mkdir(parents=True)
+    rundir.save_weights(run / rundir.WEIGHTS, model)
+    (run / rundir.MODEL_JSON).write_text(json.dumps(rundir.model_metadata(name, model, ds.metadata())))
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(mini_mnist, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("export")
+    return {name: export_onnx(make_run(root, name, mini_mnist), data_dir=str(mini_mnist))[0]
+            for name in list_models()}
+
+
+@pytest.mark.parametrize("name", ["lenet5", "alexnet", "resnet18", "resnet20", "resnet56"])
+def test_export_round_trip_for_every_model(exported, name, mini_mnist):
+    path = exported[name]
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["classes"]) == [str(i) for i in range(10)]
+    assert (props["channels"], props["height"], props["width"]) == ("1", "28", "28")
+    assert json.loads(props["mean"]) == [0.1307] and json.loads(props["std"]) == [0.3081]
+    assert props["model"] == name and props["dataset"] == "mnist"
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 28, 28]
+    # The file answers like the PyTorch model at a batch size it was never validated on.
+    model, _ = rundir.load_run(path.parent)
+    x = np.random.default_rng(0).standard_normal((13, 1, 28, 28)).astype(np.float32)
+    ours = Classifier(path).logits(x)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_export_of_a_cifar_model(shared_data, tmp_path):
+    path, report = export_onnx(make_run(tmp_path, "resnet20", shared_data, "cifar10"), data_dir=str(shared_data))
+    assert report["top1_agreement"] == 1.0 and report["max_abs_diff"] < 1e-3
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["channels"] == "3" and json.loads(props["classes"])[0] == "airplane"
+
+
+def test_failed_validation_leaves_no_file(mini_mnist, tmp_path, monkeypatch):
+    run = make_run(tmp_path, "lenet5", mini_mnist)
+    monkeypatch.setattr(onnx_export, "ATOL", -1.0)
+    with pytest.raises(CnnDeployError, match=r"differs from PyTorch at batch 1.*tolerance"):
+        export_onnx(run, data_dir=str(mini_mnist))
+    assert not (run / "model.onnx").exists()
+    assert not any(p.name.endswith(".tmp") for p in run.iterdir())
+
+
+def test_onnx_accuracy_equals_pytorch_accuracy(mini_mnist, tmp_path):
+    from cnndeploy.train.fit import TrainConfig, train
+
+    run = tmp_path / "trained"
+    train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), data_dir=str(mini_mnist), epochs=1,
+                      device="cpu"), progress=False)
+    assert main(["export", str(run), "--onnx", "--data-dir", str(mini_mnist)]) == 0
+    torch_acc = evaluate_run(run, data_dir=str(mini_mnist), device="cpu")["test_accuracy"]
+    onnx_acc = evaluate_onnx(run / "model.onnx", data_dir=str(mini_mnist))["test_accuracy"]
+    assert abs(torch_acc - onnx_acc) <= 1 / 2000  # at most one of 2000 images may flip on a near-tie
+
+
+def test_export_needs_a_target_and_a_complete_run(tmp_path, capsys):
+    assert main(["export", str(tmp_path)]) == 2
+    assert "pass --onnx" in capsys.readouterr().err
+    (tmp_path / "model.json").write_text("{}")
+    assert main(["export", str(tmp_path), "--onnx"]) == 2
+    assert "lacks" in capsys.readouterr().err
+
+
+def _pil(mode: str, size: tuple[int, int]) -> Image.Image:
+    rng = np.random.default_rng(1)
+    bands = len(mode) if mode != "L" else 1
+    arr = rng.integers(0, 255, (size[1], size[0], bands), dtype=np.uint8)
+    return Image.fromarray(arr.squeeze(2) if bands == 1 else arr, mode)
+
+
+@pytest.mark.parametrize("image", [
+    _pil("L", (28, 28)), _pil("RGB", (57, 31)), _pil("RGBA", (100, 100)), _pil("L", (5, 300)),
+    np.zeros((28, 28), np.uint8), np.ones((3, 40, 40), np.float32), np.full((64, 64, 4), 200, np.uint8),
+])
+def test_classifier_takes_any_image(exported, image):
+    clf = Classifier(exported["lenet5"])
+    x = clf.preprocess(image)
+    assert x.shape == (1, 28, 28) and x.dtype == np.float32
+    top = clf.classify(image, top_k=3)
+    assert len(top) == 3 and all(label in clf.classes for label, _ in top)
+    probs = [p for _, p in top]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_classifier_batch_and_paths(exported, tmp_path):
+    clf = Classifier(exported["resnet20"])
+    paths = []
+    for i, mode in enumerate(("L", "RGB", "RGBA")):
+        paths.append(tmp_path / f"{i}.png")
+        _pil(mode, (30 + i, 28)).save(paths[-1])
+    results = clf.predict(paths, top_k=2)
+    assert len(results) == 3 and all(len(r) == 2 for r in results)
+    assert results[0] == clf.classify(Image.open(paths[0]), top_k=2)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ImageInputError, match="not a readable image"):
+        clf.classify(tmp_path / "bad.png")
+
+
+def _bare_onnx(path: Path, *, rank: int = 4, elem=onnx.TensorProto.FLOAT) -> Path:
+    from onnx import helper
+
+    shape = ["N", 1, 28, 28][:rank]
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", elem, shape)],
+                              [helper.make_tensor_value_info("y", elem, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_onnx_files_without_our_metadata_or_wrong_inputs(tmp_path):
+    bare = _bare_onnx(tmp_path / "bare.onnx")
+    with pytest.raises(ModelFileError, match=r"lacks the metadata \['classes', 'mean', 'std'\]"):
+        Classifier(bare)
+    clf = Classifier(bare, classes=[str(i) for i in range(784)], mean=[0.5], std=[0.5])
+    assert clf.preprocess(np.zeros((28, 28), np.uint8)).shape == (1, 28, 28)
+    with pytest.raises(ModelFileError, match="expected one float32 NCHW input"):
+        Classifier(_bare_onnx(tmp_path / "rank2.onnx", rank=2))
+    with pytest.raises(ModelFileError, match="expected one float32 NCHW input"):
+        Classifier(_bare_onnx(tmp_path / "int.onnx", elem=onnx.TensorProto.INT64))
+    (tmp_path / "junk.onnx").write_bytes(b"<html>404</html>")
+    with pytest.raises(ModelFileError, match="not a loadable ONNX model"):
+        Classifier(tmp_path / "junk.onnx")
+
+
+def test_runtime_does_not_import_torch_and_the_example_needs_only_the_file(exported, tmp_path):
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "digit.png")
+    probe = ("import sys; from cnndeploy.serve.runtime import Classifier; "
+             f"c = Classifier({str(exported['lenet5'])!r}); c.classify({str(tmp_path / 'digit.png')!r}); "
+             "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "embed_onnx.py"), str(exported["lenet5"]),
+                          str(tmp_path / "digit.png")], capture_output=True, text=True, check=True).stdout
+    rows = [line.split("\t") for line in out.strip().splitlines()]
+    assert len(rows) == 3 and all(r[0] in [str(i) for i in range(10)] for r in rows)
+    ours = Classifier(exported["lenet5"]).classify(tmp_path / "digit.png")
+    assert [r[0] for r in rows] == [label for label, _ in ours]
