@@ -1,0 +1,5 @@
+"""Post-training INT8 quantization of the exported ONNX file (onnxruntime.quantization, QDQ)."""
+
+from cnndeploy.quant.ptq import TARGETS, quantize_run
+
+__all__ = ["TARGETS", "quantize_run"]

@@ -1,0 +1,34 @@
+"""Calibration images: a fixed random subset of the training split, preprocessed like the model."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from cnndeploy.data import load_dataset
+from cnndeploy.errors import DatasetError
+
+
+def calibration_images(meta: dict, *, size: int, seed: int, data_dir: str | None) -> np.ndarray:
+    """`size` training images (seeded choice), as normalised float32 NCHW."""
+    name = meta["dataset"] if meta["dataset"] in ("mnist", "cifar10") else meta.get("dataset_path")
+    ds = load_dataset(name or meta["dataset"], data_dir=data_dir, image_size=meta["height"])
+    if ds.train_x.shape[1:] != (meta["channels"], meta["height"], meta["width"]):
+        raise DatasetError(f"{ds.path}: images {ds.train_x.shape[1:]} do not match the model's input "
+                           f"{(meta['channels'], meta['height'], meta['width'])}")
+    idx = np.sort(np.random.default_rng(seed).choice(len(ds.train_y), min(size, len(ds.train_y)),
+                                                      replace=False))
+    mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
+    return ((ds.train_x[idx].astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
+class BatchReader(CalibrationDataReader):
+    """Feeds calibration images to onnxruntime in batches."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 32) -> None:
+        self._batches = iter([{input_name: images[i:i + batch_size]}
+                              for i in range(0, len(images), batch_size)])
+
+    def get_next(self) -> dict | None:
+        return next(self._batches, None)

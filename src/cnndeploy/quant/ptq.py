@@ -1,0 +1,105 @@
+"""`cnndeploy quant RUN_DIR --target cpu|tensorrt`: static INT8 quantization in QDQ format.
+
+- cpu:      uint8 activations, int8 per-channel weights -> the fast form for x86 VNNI kernels.
+- tensorrt: symmetric int8 activations and weights (zero point 0), per-channel weights ->
+            the explicit-quantization form TensorRT consumes.
+The quantized file is then evaluated on the whole test set next to model.onnx.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cnndeploy.errors import CnnDeployError
+from cnndeploy.fileio import atomic_path, write_json_atomic
+
+log = logging.getLogger("cnndeploy")
+
+TARGETS = ("cpu", "tensorrt")
+METHODS = ("minmax", "entropy", "percentile")
+
+
+def _quant_settings(target: str) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType
+
+    if target == "cpu":
+        return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
+                "extra_options": {"WeightSymmetric": True}}
+    return {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
+            # TensorRT keeps biases in float (it fuses them itself); int32 bias DQ nodes it rejects.
+            "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}}
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str) -> None:
+    """Quantize `fp32` into `out` (atomically) with the given calibration images."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from cnndeploy.quant.calibration import BatchReader
+
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(out) as final_tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+        quantize_static(str(prepped), str(final_tmp), BatchReader(images, "input"),
+                        quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=_method(method),
+                        **_quant_settings(target))
+
+
+def quantize_run(run_dir: str | os.PathLike, *, target: str = "cpu", calib_size: int = 512,
+                 method: str = "minmax", seed: int = 0, data_dir: str | None = None) -> dict[str, Any]:
+    """Write RUN_DIR/model.int8-<target>.onnx and quant.json; return the accuracy report."""
+    from cnndeploy.export import export_onnx
+    from cnndeploy.export.evaluate_onnx import evaluate_onnx
+    from cnndeploy.quant.calibration import calibration_images
+    from cnndeploy.rundir import read_model_json
+
+    if target not in TARGETS:
+        raise CnnDeployError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
+    if method not in METHODS:
+        raise CnnDeployError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if calib_size < 1:
+        raise CnnDeployError(f"--calib-size {calib_size}: expected a positive number of images")
+    run = Path(run_dir)
+    meta = read_model_json(run)
+    images = calibration_images(meta, size=calib_size, seed=seed, data_dir=data_dir)
+    fp32 = run / "model.onnx"
+    if not fp32.is_file():
+        log.info("no %s yet: exporting it first", fp32)
+        export_onnx(run, data_dir=data_dir)
+    out = run / f"model.int8-{'cpu' if target == 'cpu' else 'trt'}.onnx"
+    quantize_file(fp32, out, images, target=target, method=method)
+    base = evaluate_onnx(fp32, data_dir=data_dir)
+    quant = evaluate_onnx(out, data_dir=data_dir)
+    report = {"file": out.name, "target": target, "method": method, "calib_size": len(images),
+              "calib_seed": seed, "calib_split": "train", "fp32_accuracy": base["test_accuracy"],
+              "int8_accuracy": quant["test_accuracy"],
+              "accuracy_drop_points": round(100 * (base["test_accuracy"] - quant["test_accuracy"]), 3),
+              "fp32_bytes": fp32.stat().st_size, "int8_bytes": out.stat().st_size,
+              "test_images": quant["n"], "dataset_source": quant["dataset_source"]}
+    _update_report(run / "quant.json", report)
+    return report
+
+
+def _update_report(path: Path, report: dict) -> None:
+    """quant.json keeps one entry per output file."""
+    import json
+
+    entries = {}
+    if path.is_file():
+        try:
+            entries = json.loads(path.read_text())
+        except ValueError:
+            entries = {}
+    entries[report["file"]] = report
+    write_json_atomic(path, entries)

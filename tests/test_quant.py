@@ -1,0 +1,60 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from cnndeploy.cli import main
+from cnndeploy.errors import CnnDeployError
+from cnndeploy.quant import quantize_run
+from cnndeploy.train.fit import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def trained(mini_mnist, tmp_path_factory) -> Path:
+    """LeNet-5, 3 epochs on the shipped subset, exported to ONNX."""
+    run = tmp_path_factory.mktemp("quant") / "lenet"
+    train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), data_dir=str(mini_mnist), epochs=3,
+                      device="cpu"), progress=False)
+    assert main(["export", str(run), "--onnx", "--data-dir", str(mini_mnist)]) == 0
+    return run
+
+
+def _zero_points(path: Path, op: str) -> list[np.ndarray]:
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == op]
+    assert nodes, f"{path.name} has no {op} nodes"
+    return [inits[n.input[2]] for n in nodes if len(n.input) > 2]
+
+
+@pytest.mark.parametrize("target,file", [("cpu", "model.int8-cpu.onnx"), ("tensorrt", "model.int8-trt.onnx")])
+def test_quantized_lenet_stays_within_one_point(trained, mini_mnist, target, file):
+    report = quantize_run(trained, target=target, calib_size=256, data_dir=str(mini_mnist))
+    assert report["file"] == file and (trained / file).is_file()
+    assert report["accuracy_drop_points"] <= 1.0 and report["int8_accuracy"] > 0.9
+    assert report["int8_bytes"] < report["fp32_bytes"]
+    saved = json.loads((trained / "quant.json").read_text())
+    assert saved[file]["calib_seed"] == 0 and saved[file]["calib_size"] == 256
+    quant_zps = _zero_points(trained / file, "QuantizeLinear")
+    dequant_zps = _zero_points(trained / file, "DequantizeLinear")
+    if target == "cpu":  # uint8 activations, int8 symmetric weights
+        assert all(zp.dtype == np.uint8 for zp in quant_zps)
+        assert any(zp.dtype == np.int8 and zp.ndim == 1 and zp.size > 1 for zp in dequant_zps)  # per-channel
+    else:                # symmetric int8 everywhere, zero point 0
+        assert all(zp.dtype == np.int8 and not zp.any() for zp in quant_zps + dequant_zps)
+
+
+def test_quant_cli_and_bad_arguments(trained, mini_mnist, tmp_path, capsys):
+    assert main(["quant", str(trained), "--calib-size", "64", "--method", "percentile",
+                 "--data-dir", str(mini_mnist)]) == 0
+    assert "model.int8-cpu.onnx: test accuracy" in capsys.readouterr().out
+    with pytest.raises(CnnDeployError, match="--target"):
+        quantize_run(trained, target="gpu")
+    (tmp_path / "model.json").write_text(json.dumps(json.loads((trained / "model.json").read_text())))
+    code = main(["quant", str(tmp_path), "--data-dir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    # No calibration data: one clear error, no dummy ranges, no file.
+    assert code == 2 and "not found" in err and not (tmp_path / "model.int8-cpu.onnx").exists()
