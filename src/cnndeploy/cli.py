@@ -80,6 +80,22 @@ def _add_quant(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir")
 
 
+def _add_prune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="structured channel pruning (Torch-Pruning) + fine-tune",
+                       description="Remove a fraction of the channels of every prunable layer group, "
+                                   "then fine-tune; writes a new run directory.")
+    p.add_argument("run_dir")
+    p.add_argument("--amount", type=float, required=True, help="fraction of channels to remove, in (0, 1)")
+    p.add_argument("--method", default="l2", choices=("l1", "l2", "taylor"))
+    p.add_argument("--finetune-epochs", type=int, help="default: 20%% of the original run's epochs")
+    p.add_argument("--lr", type=_positive_float, help="fine-tune peak lr (default: a quarter of the original)")
+    p.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (0: off)")
+    p.add_argument("--out", help="default: RUN_DIR-pruned<percent>")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnndeploy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cnndeploy {__version__}")
@@ -90,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     _add_quant(sub)
+    _add_prune(sub)
     return parser
 
 
@@ -147,7 +164,22 @@ def _cmd_quant(args: argparse.Namespace, explicit: set[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export, "quant": _cmd_quant}
+def _cmd_prune(args: argparse.Namespace, explicit: set[str]) -> int:
+    from cnndeploy.train.prune import prune_run
+
+    r = prune_run(args.run_dir, amount=args.amount, method=args.method, finetune_epochs=args.finetune_epochs,
+                  round_to=args.round_to, out=args.out, lr=args.lr, data_dir=args.data_dir,
+                  device=args.device, progress=not args.no_progress)
+    b, p, f = r["before"], r["pruned_before_finetune"], r["after_finetune"]
+    print(f"MACs {b['macs'] / 1e6:.2f}M -> {p['macs'] / 1e6:.2f}M ({r['macs_reduction']:.2f}x fewer), "
+          f"params {b['params'] / 1e6:.3f}M -> {p['params'] / 1e6:.3f}M; test accuracy "
+          f"{100 * b['test_accuracy']:.2f}% -> {100 * p['test_accuracy']:.2f}% pruned -> "
+          f"{100 * f['test_accuracy']:.2f}% after {r['finetune_epochs']} fine-tune epochs")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export, "quant": _cmd_quant,
+            "prune": _cmd_prune}
 
 
 def _explicit_options(argv: Sequence[str]) -> set[str]:

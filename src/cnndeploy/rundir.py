@@ -103,5 +103,11 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     return model.to(device).eval(), meta
 
 
+def read_json_if_exists(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from an optional file, {} when it is absent."""
+    p = Path(path)
+    return read_json(p, what=p.name) if p.is_file() else {}
+
+
 def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / METRICS, metrics)

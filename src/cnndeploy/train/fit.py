@@ -43,6 +43,8 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     subset: int | None = None          # train on a fixed random subset of this many images
+    widths: dict | None = None         # non-default layer widths (a pruned model)
+    init_weights: str | None = None    # start from these weights (safetensors) instead of random
 
     def resolved(self) -> "TrainConfig":
         """Fill unset hyper-parameters from the model's recipe for this dataset."""
@@ -136,9 +138,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
 
     torch.manual_seed(cfg.seed)
     try:
-        model = create_model(cfg.model, ds.num_classes, ds.channels, ds.height, ds.width).to(device)
+        model = create_model(cfg.model, ds.num_classes, ds.channels, ds.height, ds.width,
+                             **(cfg.widths or {}))
     except ValueError as e:
         raise CnnDeployError(f"{cfg.model} cannot take the images of {ds.path}: {e}") from None
+    if cfg.init_weights and not resume:
+        rundir.load_state_dict_checked(model, rundir.load_tensors(cfg.init_weights)[0], cfg.init_weights)
+    model = model.to(device)
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,125 @@
+"""`cnndeploy prune RUN_DIR --amount 0.5`: structured pruning with Torch-Pruning, then fine-tune.
+
+DepGraph (Torch-Pruning) removes whole channels and keeps coupled layers consistent: the
+residual stream of a ResNet stage, the BN after a conv, the first linear layer after the
+flatten. The classifier keeps its outputs. Fine-tuning reuses `train()`, so the result is an
+ordinary run directory whose model.json records the pruned widths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnndeploy import rundir
+from cnndeploy.data import load_dataset
+from cnndeploy.data.device import DeviceSplit
+from cnndeploy.errors import CnnDeployError
+from cnndeploy.fileio import write_json_atomic
+from cnndeploy.models import get_spec
+from cnndeploy.train.fit import TrainConfig, train
+from cnndeploy.train.loop import evaluate
+
+log = logging.getLogger("cnndeploy")
+METHODS = ("l1", "l2", "taylor")
+NAMED = ("mnist", "cifar10")
+
+
+def count(model: nn.Module, shape: tuple[int, int, int]) -> dict[str, int]:
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *shape))
+    return {"macs": int(macs), "params": int(params)}
+
+
+def _importance(method: str):
+    import torch_pruning as tp
+
+    if method == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    return tp.importance.GroupMagnitudeImportance(p=1 if method == "l1" else 2)
+
+
+def _taylor_gradients(model: nn.Module, split: DeviceSplit, batches: int = 8) -> None:
+    """Taylor importance needs d(loss)/d(weight): accumulate it over a few training batches."""
+    model.zero_grad()
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(0)
+    for i, (x, y) in enumerate(split.batches(128, generator=gen)):
+        if i == batches:
+            break
+        loss_fn(model(x), y).backward()
+
+
+def prune_model(model: nn.Module, shape: tuple[int, int, int], *, amount: float, method: str,
+                round_to: int | None, calib: DeviceSplit | None = None) -> nn.Module:
+    """Remove `amount` of the channels of every prunable group, in place."""
+    import torch_pruning as tp
+
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    model.eval()
+    pruner = tp.pruner.MetaPruner(model, torch.zeros(1, *shape), importance=_importance(method),
+                                  pruning_ratio=amount, ignored_layers=[classifier],
+                                  round_to=round_to or None)
+    if method == "taylor":
+        _taylor_gradients(model, calib)
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def _default_out(run: Path, amount: float) -> Path:
+    return run.with_name(f"{run.name}-pruned{round(100 * amount)}")
+
+
+def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
+              finetune_epochs: int | None = None, round_to: int | None = 8, out: str | None = None,
+              lr: float | None = None, data_dir: str | None = None, device: str = "auto",
+              progress: bool = True) -> dict[str, Any]:
+    if not 0 < amount < 1:
+        raise CnnDeployError(f"--amount {amount}: expected a fraction of channels in (0, 1)")
+    if method not in METHODS:
+        raise CnnDeployError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    run = Path(run_dir)
+    model, meta = rundir.load_run(run)
+    out_dir = Path(out) if out else _default_out(run, amount)
+    dataset = meta["dataset"] if meta["dataset"] in NAMED else meta.get("dataset_path", meta["dataset"])
+    ds = load_dataset(dataset, data_dir=data_dir, image_size=meta["height"])
+    shape = (meta["channels"], meta["height"], meta["width"])
+    test = DeviceSplit(ds.test_x, ds.test_y, mean=meta["mean"], std=meta["std"], device=torch.device("cpu"))
+    before = {**count(model, shape), "test_accuracy": evaluate(model, test)["accuracy"]}
+    calib = DeviceSplit(ds.train_x[:1024], ds.train_y[:1024], mean=meta["mean"], std=meta["std"],
+                        device=torch.device("cpu"))
+    prune_model(model, shape, amount=amount, method=method, round_to=round_to, calib=calib)
+    pruned = {**count(model, shape), "test_accuracy": evaluate(model, test)["accuracy"]}
+    log.info("pruned %s: MACs %.1fM -> %.1fM, params %.2fM -> %.2fM, accuracy %.4f -> %.4f before fine-tune",
+             meta["model"], before["macs"] / 1e6, pruned["macs"] / 1e6, before["params"] / 1e6,
+             pruned["params"] / 1e6, before["test_accuracy"], pruned["test_accuracy"])
+
+    original = rundir.read_json_if_exists(run / rundir.METRICS).get("config", {})
+    epochs = finetune_epochs if finetune_epochs is not None else max(
+        1, round(0.2 * (original.get("epochs") or get_spec(meta["model"]).recipe(meta["dataset"]).epochs)))
+    recipe_lr = original.get("lr") or get_spec(meta["model"]).recipe(meta["dataset"]).lr
+    init = out_dir / "pruned-init.safetensors"
+    cfg = TrainConfig(model=meta["model"], dataset=dataset, out=str(out_dir), epochs=epochs,
+                      lr=lr or recipe_lr / 4, batch_size=original.get("batch_size"), device=device,
+                      data_dir=data_dir, widths=model.widths(), init_weights=str(init))
+    if (out_dir / rundir.METRICS).exists() or (out_dir / rundir.CHECKPOINT).exists():
+        raise CnnDeployError(f"{out_dir} already holds a run; choose another --out (nothing was overwritten)")
+    rundir.save_weights(init, model)
+    metrics = train(cfg, progress=progress)
+    report = {"source_run": str(run), "amount": amount, "method": method, "round_to": round_to,
+              "finetune_epochs": epochs, "finetune_lr": cfg.lr, "before": before,
+              "pruned_before_finetune": pruned, "after_finetune": {**count(model, shape),
+                                                                   "test_accuracy": metrics["test_accuracy"]},
+              "macs_reduction": round(before["macs"] / pruned["macs"], 3),
+              "params_reduction": round(before["params"] / pruned["params"], 3),
+              "widths": dataclasses.asdict(cfg)["widths"]}
+    write_json_atomic(out_dir / "prune.json", report)
+    return report

@@ -1,0 +1,56 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnndeploy import rundir
+from cnndeploy.cli import main
+from cnndeploy.models import create_model
+from cnndeploy.train.fit import TrainConfig, train
+from cnndeploy.train.prune import count, prune_model
+
+
+@pytest.mark.parametrize("name,shape", [("resnet20", (3, 32, 32)), ("resnet18", (1, 28, 28)),
+                                        ("alexnet", (3, 32, 32)), ("lenet5", (1, 28, 28))])
+def test_pruning_removes_channels_and_keeps_residual_shapes(name, shape):
+    torch.manual_seed(0)
+    model = create_model(name, 10, *shape).eval()
+    before = count(model, shape)
+    prune_model(model, shape, amount=0.5, method="l2", round_to=None if name == "lenet5" else 8)
+    after = count(model, shape)
+    assert after["macs"] * 3 <= before["macs"] and after["params"] < before["params"]
+    x = torch.randn(2, *shape)
+    assert model(x).shape == (2, 10)  # classifier keeps its outputs; residual adds still line up
+    widths = model.widths()
+    if name != "lenet5":
+        flat = [v for key, vals in widths.items() if key not in ("blocks", "dropout") for v in vals]
+        assert all(v % 8 == 0 for v in flat), widths
+    rebuilt = create_model(name, 10, *shape, **widths).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.equal(rebuilt(x), model(x))
+
+
+def test_prune_cli_writes_a_run_that_every_command_takes(mini_mnist, tmp_path, capsys):
+    run = tmp_path / "lenet"
+    train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), data_dir=str(mini_mnist), epochs=2,
+                      device="cpu"), progress=False)
+    assert main(["prune", str(run), "--amount", "0.5", "--finetune-epochs", "1", "--round-to", "0",
+                 "--data-dir", str(mini_mnist), "--no-progress"]) == 0
+    assert "fewer" in capsys.readouterr().out
+    pruned = tmp_path / "lenet-pruned50"
+    report = json.loads((pruned / "prune.json").read_text())
+    assert report["macs_reduction"] >= 3 and report["after_finetune"]["test_accuracy"] > 0.85
+    meta = json.loads((pruned / "model.json").read_text())
+    assert meta["widths"]["conv"] == [3, 8]
+    assert main(["eval", str(pruned), "--data-dir", str(mini_mnist)]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] == report["after_finetune"]["test_accuracy"]
+    assert main(["export", str(pruned), "--onnx", "--data-dir", str(mini_mnist)]) == 0
+    model, _ = rundir.load_run(pruned)
+    assert sum(p.numel() for p in model.parameters()) == report["after_finetune"]["params"]
+
+
+@pytest.mark.parametrize("amount", ["0", "1", "1.5", "-0.2"])
+def test_amount_outside_zero_one_is_refused(amount, tmp_path, capsys):
+    assert main(["prune", str(tmp_path), "--amount", amount]) == 2
+    assert "expected a fraction of channels in (0, 1)" in capsys.readouterr().err
