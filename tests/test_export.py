@@ -174,3 +174,19 @@ def test_runtime_does_not_import_torch_and_the_example_needs_only_the_file(expor
     assert len(rows) == 3 and all(r[0] in [str(i) for i in range(10)] for r in rows)
     ours = Classifier(exported["lenet5"]).classify(tmp_path / "digit.png")
     assert [r[0] for r in rows] == [label for label, _ in ours]
+
+
+def test_with_preprocess_takes_raw_pixels(mini_mnist, tmp_path):
+    run = make_run(tmp_path, "resnet20", mini_mnist)
+    path, report = export_onnx(run, data_dir=str(mini_mnist), with_preprocess=True)
+    raw = run / "model.uint8.onnx"
+    assert report["uint8"]["top1_agreement"] == 1.0 and raw.is_file()
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(raw), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    assert inp.type == "tensor(uint8)" and inp.shape[1:] == [28, 28, 1]
+    pixels = load_dataset("mnist", data_dir=mini_mnist).test_x[:5]                    # uint8 NCHW
+    from_raw = sess.run(None, {inp.name: np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))})[0]
+    from_float = Classifier(path).logits(((pixels / 255.0 - 0.1307) / 0.3081).astype(np.float32))
+    np.testing.assert_allclose(from_raw, from_float, atol=1e-4, rtol=1e-4)

@@ -62,6 +62,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run directory to ONNX (validated against PyTorch)")
     p.add_argument("run_dir")
     p.add_argument("--onnx", action="store_true", help="write RUN_DIR/model.onnx")
+    p.add_argument("--with-preprocess", action="store_true",
+                   help="also write model.uint8.onnx taking uint8 NHWC pixels (normalisation inside)")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (17 or newer)")
     p.add_argument("--out", help="ONNX path (default RUN_DIR/model.onnx)")
     p.add_argument("--data-dir", help="where the test images used for validation are")
@@ -147,7 +149,8 @@ def _cmd_export(args: argparse.Namespace, explicit: set[str]) -> int:
         raise CnnDeployError("nothing to export: pass --onnx")
     from cnndeploy.export import export_onnx
 
-    path, report = export_onnx(args.run_dir, out=args.out, opset=args.opset, data_dir=args.data_dir)
+    path, report = export_onnx(args.run_dir, out=args.out, opset=args.opset, data_dir=args.data_dir,
+                               with_preprocess=args.with_preprocess)
     print(f"{path}: max |logit diff| {report['max_abs_diff']:.2e} vs PyTorch, "
           f"top-1 agreement {100 * report['top1_agreement']:.1f}% at batch sizes {report['batches']}")
     return 0

@@ -32,6 +32,20 @@ class ExportError(CnnDeployError):
     """An export could not be produced or did not match the PyTorch model."""
 
 
+class WithPreprocess(torch.nn.Module):
+    """uint8 NHWC pixels in, logits out: the normalisation travels inside the graph."""
+
+    def __init__(self, model: torch.nn.Module, mean, std) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)))
+        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).float().view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float() * self.scale - self.shift
+        return self.model(x)
+
+
 def _export_proto(model: torch.nn.Module, sample: torch.Tensor, opset: int):
     batch = torch.export.Dim("batch", min=1, max=65536)
     for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir"):
@@ -48,21 +62,27 @@ def _normalised(images: np.ndarray, meta: dict) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
 
 
-def validation_images(meta: dict, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
-    """The first `n` test images of the model's dataset, preprocessed as the model expects."""
+def validation_pixels(meta: dict, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
+    """The first `n` test images of the model's dataset as uint8 NHWC."""
     name = meta["dataset"] if meta["dataset"] in ("mnist", "cifar10") else meta.get("dataset_path")
     ds = load_dataset(name or meta["dataset"], data_dir=data_dir, image_size=meta["height"])
-    return _normalised(ds.test_x[:n], meta)
+    return np.ascontiguousarray(ds.test_x[:n].transpose(0, 2, 3, 1))
+
+
+def validation_images(meta: dict, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
+    """The first `n` test images, preprocessed as the model expects (float32 NCHW)."""
+    return _normalised(validation_pixels(meta, data_dir, n).transpose(0, 3, 1, 2), meta)
 
 
 def validate(path: Path, model: torch.nn.Module, images: np.ndarray) -> dict:
+    """Logits of the ONNX file vs the PyTorch model on the same real images, per batch size."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst, agree, total = 0.0, 0, 0
     with torch.no_grad():
         for bs in VALIDATION_BATCHES:
-            x = images[:bs]
+            x = np.ascontiguousarray(images[:bs])
             ref = model(torch.from_numpy(x)).numpy()
             got = session.run(["logits"], {"input": x})[0]
             diff = float(np.abs(ref - got).max())
@@ -76,24 +96,37 @@ def validate(path: Path, model: torch.nn.Module, images: np.ndarray) -> dict:
     return {"max_abs_diff": worst, "top1_agreement": agree / total, "batches": list(VALIDATION_BATCHES)}
 
 
-def export_onnx(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, opset: int = OPSET,
-                data_dir: str | None = None) -> tuple[Path, dict]:
-    """Write RUN_DIR/model.onnx (or `out`); return its path and the validation report."""
+def _write(final: Path, model: torch.nn.Module, inputs: np.ndarray, meta: dict, opset: int,
+           extra: dict[str, str]) -> dict:
     import onnx
 
-    if opset < 17:
-        raise ExportError(f"--opset {opset}: expected 17 or newer")
-    model, meta = load_run(run_dir)
-    images = validation_images(meta, data_dir)
-    final = Path(out) if out else Path(run_dir) / "model.onnx"
-    proto = _export_proto(model, torch.from_numpy(images[:2]), opset)
-    for key, value in onnx_metadata(meta).items():
+    proto = _export_proto(model, torch.from_numpy(inputs[:2]), opset)
+    for key, value in {**onnx_metadata(meta), **extra}.items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = f"cnndeploy {meta['model']} trained on {meta['dataset']}"
     with atomic_path(final) as tmp:
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
-        report = validate(tmp, model, images)
+        return validate(tmp, model, inputs)
+
+
+def export_onnx(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, opset: int = OPSET,
+                data_dir: str | None = None, with_preprocess: bool = False) -> tuple[Path, dict]:
+    """Write RUN_DIR/model.onnx (or `out`); return its path and the validation report.
+
+    With `with_preprocess`, also model.uint8.onnx: uint8 NHWC pixels in, normalisation inside.
+    """
+    if opset < 17:
+        raise ExportError(f"--opset {opset}: expected 17 or newer")
+    model, meta = load_run(run_dir)
+    images = validation_images(meta, data_dir)
+    final = Path(out) if out else Path(run_dir) / "model.onnx"
+    report = _write(final, model, images, meta, opset, {})
+    if with_preprocess:
+        pixels = validation_pixels(meta, data_dir)
+        wrapped = WithPreprocess(model, meta["mean"], meta["std"]).eval()
+        report["uint8"] = _write(final.with_name(final.stem + ".uint8.onnx"), wrapped, pixels, meta, opset,
+                                 {"input_format": "uint8 NHWC pixels 0..255; normalisation inside"})
     log.debug("exported %s: max |logit diff| %.2e vs PyTorch, top-1 agreement %.0f%% (batches %s)",
              final, report["max_abs_diff"], 100 * report["top1_agreement"], report["batches"])
     return final, report
