@@ -62,6 +62,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run directory to ONNX (validated against PyTorch)")
     p.add_argument("run_dir")
     p.add_argument("--onnx", action="store_true", help="write RUN_DIR/model.onnx")
+    p.add_argument("--trt", action="store_true", help="build a TensorRT engine (needs tensorrt and a GPU)")
+    p.add_argument("--fp16", action="store_true", help="with --trt: an fp16 engine")
+    p.add_argument("--int8", action="store_true",
+                   help="with --trt: an int8 engine from model.int8-trt.onnx (cnndeploy quant --target tensorrt)")
     p.add_argument("--with-preprocess", action="store_true",
                    help="also write model.uint8.onnx taking uint8 NHWC pixels (normalisation inside)")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (17 or newer)")
@@ -145,14 +149,26 @@ def _cmd_eval(args: argparse.Namespace, explicit: set[str]) -> int:
 def _cmd_export(args: argparse.Namespace, explicit: set[str]) -> int:
     from cnndeploy.errors import CnnDeployError
 
-    if not args.onnx:
-        raise CnnDeployError("nothing to export: pass --onnx")
-    from cnndeploy.export import export_onnx
+    if not (args.onnx or args.trt):
+        raise CnnDeployError("nothing to export: pass --onnx and/or --trt")
+    if (args.fp16 or args.int8) and not args.trt:
+        raise CnnDeployError("--fp16/--int8 choose the TensorRT engine's precision: add --trt")
+    if args.trt:
+        from cnndeploy.export.tensorrt import require_tensorrt
 
-    path, report = export_onnx(args.run_dir, out=args.out, opset=args.opset, data_dir=args.data_dir,
-                               with_preprocess=args.with_preprocess)
-    print(f"{path}: max |logit diff| {report['max_abs_diff']:.2e} vs PyTorch, "
-          f"top-1 agreement {100 * report['top1_agreement']:.1f}% at batch sizes {report['batches']}")
+        require_tensorrt()  # fail before the ONNX export if the engine cannot be built anyway
+    if args.onnx:
+        from cnndeploy.export import export_onnx
+
+        path, report = export_onnx(args.run_dir, out=args.out, opset=args.opset, data_dir=args.data_dir,
+                                   with_preprocess=args.with_preprocess)
+        print(f"{path}: max |logit diff| {report['max_abs_diff']:.2e} vs PyTorch, "
+              f"top-1 agreement {100 * report['top1_agreement']:.1f}% at batch sizes {report['batches']}")
+    if args.trt:
+        from cnndeploy.export.tensorrt import build_engine
+
+        for precision in [p for p, on in (("fp16", args.fp16), ("int8", args.int8)) if on] or ["fp32"]:
+            print(build_engine(args.run_dir, precision=precision))
     return 0
 
 
