@@ -24,12 +24,17 @@ def _fingerprint(path: Path) -> list:
     if path.is_file():
         st = path.stat()
         return [st.st_size, st.st_mtime_ns]
-    return sorted([str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns]
-                  for p in path.rglob("*") if p.is_file())
+    rows = []
+    for dirpath, _, filenames in os.walk(path, followlinks=True):
+        for f in filenames:
+            st = (Path(dirpath) / f).stat()
+            rows.append([str((Path(dirpath) / f).relative_to(path)), st.st_size, st.st_mtime_ns])
+    return sorted(rows)
 
 
 def cache_key(kind: str, path: Path, **options) -> str:
-    blob = json.dumps([FORMAT, kind, str(path.resolve()), _fingerprint(path), options], sort_keys=True)
+    blob = json.dumps([FORMAT, kind, str(path.resolve()), _fingerprint(path), options], sort_keys=True,
+                      default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -51,7 +51,10 @@ def _batch_arrays(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != 3072 or labels is None or len(labels) != len(data):
         raise DatasetError(f"{where}: expected 'data' uint8 [N, 3072] and N 'labels'")
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    try:
+        return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    except (ValueError, TypeError):
+        raise DatasetError(f"{where}: 'labels' must be integers") from None
 
 
 def _read_members(source: Path, names: list[str]) -> Callable[[str], bytes]:
@@ -71,7 +74,8 @@ def _read_members(source: Path, names: list[str]) -> Callable[[str], bytes]:
                 if m.isfile() and base in names:
                     found[base] = tar.extractfile(m).read()
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise DatasetError(f"{source}: cannot read the archive ({e})") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DatasetError(f"{source}: cannot read the archive ({first})") from None
 
     def read_tar(name: str) -> bytes:
         if name not in found:

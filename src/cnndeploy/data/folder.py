@@ -15,7 +15,8 @@ import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from functools import partial
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -29,6 +30,9 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
 SPLITS = ("train", "test")
 FALLBACK_SIZE = 32   # used when images differ in size and no size is asked for
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+MAX_FILE_BYTES = 50 << 20        # an image file larger than this is skipped unread
+MAX_PIXELS = 4096 * 4096         # decompression-bomb guard, far below Pillow's own
+FORMATS = ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM"]  # no EPS/PDF: never call Ghostscript
 
 
 def is_archive(path: Path) -> bool:
@@ -36,26 +40,32 @@ def is_archive(path: Path) -> bool:
     return path.is_file() and name.endswith((".tar", ".tar.gz", ".tgz", ".zip"))
 
 
-def _entries(source: Path) -> Iterator[tuple[str, bytes | None]]:
-    """(posix name, bytes) for every file; bytes is None for a directory entry."""
+def _entries(source: Path) -> Iterator[tuple[str, int | None, Callable[[], bytes] | None]]:
+    """(posix name, size, reader) per member; size and reader are None for a directory.
+
+    Readers are called only for members that pass the name and size checks, so a huge file
+    that is not an image (or is too large to be one) is never read into memory.
+    """
     if source.is_dir():
-        for dirpath, dirnames, filenames in os.walk(source):
+        for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
             rel = Path(dirpath).relative_to(source).as_posix()
             for d in dirnames:
-                yield f"{rel}/{d}", None
+                yield f"{rel}/{d}", None, None
             for f in filenames:
-                yield f"{rel}/{f}", (Path(dirpath) / f).read_bytes()
+                p = Path(dirpath) / f
+                yield f"{rel}/{f}", p.stat().st_size, p.read_bytes
     elif source.name.lower().endswith(".zip"):
         with zipfile.ZipFile(source) as z:
             for info in z.infolist():
-                yield info.filename, None if info.is_dir() else z.read(info)
+                dir_ = info.is_dir()
+                yield info.filename, None if dir_ else info.file_size, None if dir_ else partial(z.read, info)
     else:
         with tarfile.open(source, "r:*") as tar:
             for m in tar:
                 if m.isdir():
-                    yield m.name, None
+                    yield m.name, None, None
                 elif m.isfile():
-                    yield m.name, tar.extractfile(m).read()
+                    yield m.name, m.size, partial(lambda member: tar.extractfile(member).read(), m)
 
 
 def _split_and_class(name: str, source: Path) -> tuple[str, str, str] | None:
@@ -78,30 +88,40 @@ def _collect(source: Path) -> tuple[dict[str, set[str]], dict[str, list[tuple[st
     files: dict[str, list[tuple[str, str, bytes]]] = {s: [] for s in SPLITS}  # (class, name, bytes)
     skipped: Counter = Counter()
     try:
-        for name, data in _entries(source):
+        for name, size, read in _entries(source):
             found = _split_and_class(name, source)
             if found is None:
                 continue
             split, cls, rest = found
             classes[split].add(cls)
-            if data is None or not rest:
-                continue
-            if PurePosixPath(rest).name.startswith("."):
+            if read is None or not rest or PurePosixPath(rest).name.startswith("."):
                 continue
             if PurePosixPath(rest).suffix.lower() not in IMAGE_EXTS:
                 skipped["not an image file"] += 1
-                continue
-            files[split].append((cls, rest, data))
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DatasetError(f"{source}: cannot read ({e})") from None
+            elif size > MAX_FILE_BYTES:
+                skipped[f"larger than {MAX_FILE_BYTES >> 20} MB"] += 1
+            else:
+                files[split].append((cls, rest, read()))
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DatasetError(f"{source}: cannot read ({first})") from None
     # Sorted by name, so a folder, a tarball and a zip of the same files give the same arrays.
     ordered = {s: [(c, d) for c, _, d in sorted(f, key=lambda t: t[:2])] for s, f in files.items()}
     return classes, ordered, skipped
 
 
+def _open(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data), formats=FORMATS)
+    if im.width * im.height > MAX_PIXELS:
+        raise ValueError(f"{im.width}x{im.height} pixels is more than {MAX_PIXELS}")
+    return im
+
+
 def _decode(data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _open(data) as im:
+            if im.mode.startswith("I;16"):  # 16-bit grey: scale, don't clip, to 8 bits
+                im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
             im = im.convert(mode)
             if im.size != size:
                 im = im.resize(size, Image.BILINEAR)
@@ -111,23 +131,26 @@ def _decode(data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _probe(files: list[tuple[str, bytes]], image_size: int | None) -> tuple[str, tuple[int, int]]:
-    """Pick the colour mode and size: grayscale only if every image is; one common size if any."""
+def _probe(files: list[tuple[str, bytes]], image_size: int | tuple[int, int] | None
+           ) -> tuple[str, tuple[int, int]]:
+    """Pick the colour mode and (width, height): grey only if every image is; one common size if any."""
     modes, sizes = set(), set()
     for _, data in files:
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with _open(data) as im:
                 modes.add(im.mode)
                 sizes.add(im.size)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
             continue
     mode = "L" if modes and modes <= GRAY_MODES else "RGB"
     if image_size:
-        return mode, (image_size, image_size)
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        return mode, (w, h)
     return mode, sizes.pop() if len(sizes) == 1 else (FALLBACK_SIZE, FALLBACK_SIZE)
 
 
-def load_image_folder(source: Path, *, name: str | None = None, image_size: int | None = None,
+def load_image_folder(source: Path, *, name: str | None = None,
+                      image_size: int | tuple[int, int] | None = None,
                       kind: str = "image-folder") -> ImageDataset:
     classes, files, skipped = _collect(source)
     for split in SPLITS:
@@ -143,7 +166,7 @@ def load_image_folder(source: Path, *, name: str | None = None, image_size: int 
     arrays: dict[str, np.ndarray] = {}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for split in SPLITS:
-            decoded = list(pool.map(lambda f: _decode(f[1], mode, size), files[split], chunksize=256))
+            decoded = list(pool.map(lambda f: _decode(f[1], mode, size), files[split]))
             keep = [(cls, a) for (cls, _), a in zip(files[split], decoded) if a is not None]
             skipped["corrupt or unreadable image"] += len(decoded) - len(keep)
             counts = Counter(cls for cls, _ in keep)

@@ -59,9 +59,12 @@ def _not_found(name: str, roots: list[tuple[str, Path]]) -> DatasetError:
 
 
 def load_dataset(dataset: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                 download: bool = False, image_size: int | None = None,
+                 download: bool = False, image_size: int | tuple[int, int] | None = None,
                  use_cache: bool = True) -> ImageDataset:
-    """Load `mnist`, `cifar10`, or an image folder / archive at a path, as uint8 arrays."""
+    """Load `mnist`, `cifar10`, or an image folder / archive at a path, as uint8 arrays.
+
+    `image_size` (an int or (height, width)) resizes image-folder datasets; named ones ignore it.
+    """
     name = str(dataset)
     if name in NAMED:
         roots = data_roots(data_dir)
@@ -80,3 +83,21 @@ def load_dataset(dataset: str | os.PathLike, *, data_dir: str | os.PathLike | No
                            "folder or .tar.gz/.zip archive laid out train/<class>/*, test/<class>/*")
     return cached("image-folder", path, lambda: folder.load_image_folder(path, image_size=image_size),
                   use_cache=use_cache, image_size=image_size)
+
+
+def dataset_for(meta: dict, *, dataset: str | None = None, data_dir: str | os.PathLike | None = None
+                ) -> ImageDataset:
+    """The dataset a model was trained on (from its model.json or ONNX metadata), checked against it.
+
+    `dataset` overrides the recorded one; image folders are resized to the model's input size.
+    """
+    name = dataset or (meta["dataset"] if meta["dataset"] in NAMED
+                       else meta.get("dataset_path") or meta["dataset"])
+    shape = (int(meta["channels"]), int(meta["height"]), int(meta["width"]))
+    ds = load_dataset(name, data_dir=data_dir, image_size=shape[1:])
+    classes = [str(c) for c in meta["classes"]]
+    if ds.classes != classes or ds.test_x.shape[1:] != shape:
+        raise DatasetError(f"{ds.path} does not match the model: classes {ds.classes} and images "
+                           f"{'x'.join(map(str, ds.test_x.shape[1:]))}, expected {classes} and "
+                           f"{'x'.join(map(str, shape))}")
+    return ds

@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cnndeploy.data import load_dataset
-from cnndeploy.errors import DatasetError
+from cnndeploy.data import dataset_for
 from cnndeploy.serve.runtime import Classifier
 
 
@@ -16,10 +15,7 @@ def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, data_d
                   batch_size: int = 256, threads: int | None = None) -> dict[str, Any]:
     clf = Classifier(path, threads=threads)
     meta = clf.meta
-    ds = load_dataset(dataset or meta["dataset"], data_dir=data_dir, image_size=meta["height"])
-    if ds.classes != clf.classes or ds.test_x.shape[1:] != (meta["channels"], meta["height"], meta["width"]):
-        raise DatasetError(f"{ds.path} does not match {path}: classes {ds.classes} vs {clf.classes}, "
-                           f"images {ds.test_x.shape[1:]} vs {(meta['channels'], meta['height'], meta['width'])}")
+    ds = dataset_for(meta, dataset=dataset, data_dir=data_dir)
     mean = meta["mean"].reshape(1, -1, 1, 1)
     std = meta["std"].reshape(1, -1, 1, 1)
     correct = 0

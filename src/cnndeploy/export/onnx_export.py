@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnndeploy.data import load_dataset
+from cnndeploy.data import dataset_for
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.export.metadata import onnx_metadata
 from cnndeploy.fileio import atomic_path
@@ -64,8 +64,7 @@ def _normalised(images: np.ndarray, meta: dict) -> np.ndarray:
 
 def validation_pixels(meta: dict, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
     """The first `n` test images of the model's dataset as uint8 NHWC."""
-    name = meta["dataset"] if meta["dataset"] in ("mnist", "cifar10") else meta.get("dataset_path")
-    ds = load_dataset(name or meta["dataset"], data_dir=data_dir, image_size=meta["height"])
+    ds = dataset_for(meta, data_dir=data_dir)
     return np.ascontiguousarray(ds.test_x[:n].transpose(0, 2, 3, 1))
 
 

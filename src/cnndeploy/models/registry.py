@@ -6,7 +6,7 @@ default training recipe; other code asks the registry instead of repeating flags
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn

@@ -5,17 +5,12 @@ from __future__ import annotations
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from cnndeploy.data import load_dataset
-from cnndeploy.errors import DatasetError
+from cnndeploy.data import dataset_for
 
 
 def calibration_images(meta: dict, *, size: int, seed: int, data_dir: str | None) -> np.ndarray:
     """`size` training images (seeded choice), as normalised float32 NCHW."""
-    name = meta["dataset"] if meta["dataset"] in ("mnist", "cifar10") else meta.get("dataset_path")
-    ds = load_dataset(name or meta["dataset"], data_dir=data_dir, image_size=meta["height"])
-    if ds.train_x.shape[1:] != (meta["channels"], meta["height"], meta["width"]):
-        raise DatasetError(f"{ds.path}: images {ds.train_x.shape[1:]} do not match the model's input "
-                           f"{(meta['channels'], meta['height'], meta['width'])}")
+    ds = dataset_for(meta, data_dir=data_dir)
     idx = np.sort(np.random.default_rng(seed).choice(len(ds.train_y), min(size, len(ds.train_y)),
                                                       replace=False))
     mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)

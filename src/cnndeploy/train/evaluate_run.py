@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from cnndeploy.data import load_dataset
+from cnndeploy.data import dataset_for
 from cnndeploy.data.device import DeviceSplit
-from cnndeploy.errors import DatasetError
 from cnndeploy.rundir import load_run
 from cnndeploy.train.fit import pick_device
 from cnndeploy.train.loop import evaluate
@@ -18,14 +16,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, dataset: str | None = None,
                  data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
     dev = pick_device(device)
     model, meta = load_run(run_dir, dev)
-    name = dataset or (meta["dataset"] if meta["dataset"] in ("mnist", "cifar10")
-                       else meta.get("dataset_path", meta["dataset"]))
-    ds = load_dataset(name, data_dir=data_dir, image_size=meta["height"])
-    if ds.classes != meta["classes"] or (ds.channels, ds.height, ds.width) != (
-            meta["channels"], meta["height"], meta["width"]):
-        raise DatasetError(f"{ds.path} does not match the model in {Path(run_dir)}: classes "
-                           f"{ds.classes} {ds.channels}x{ds.height}x{ds.width} vs "
-                           f"{meta['classes']} {meta['channels']}x{meta['height']}x{meta['width']}")
+    ds = dataset_for(meta, dataset=dataset, data_dir=data_dir)
     split = DeviceSplit(ds.test_x, ds.test_y, mean=meta["mean"], std=meta["std"], device=dev)
     result = evaluate(model, split)
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "n": result["n"],

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cnndeploy import rundir
-from cnndeploy.data import load_dataset
+from cnndeploy.data import dataset_for
 from cnndeploy.data.device import DeviceSplit
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import write_json_atomic
@@ -89,8 +89,8 @@ def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
     run = Path(run_dir)
     model, meta = rundir.load_run(run)
     out_dir = Path(out) if out else _default_out(run, amount)
-    dataset = meta["dataset"] if meta["dataset"] in NAMED else meta.get("dataset_path", meta["dataset"])
-    ds = load_dataset(dataset, data_dir=data_dir, image_size=meta["height"])
+    ds = dataset_for(meta, data_dir=data_dir)
+    dataset = meta["dataset"] if meta["dataset"] in NAMED else ds.path
     shape = (meta["channels"], meta["height"], meta["width"])
     test = DeviceSplit(ds.test_x, ds.test_y, mean=meta["mean"], std=meta["std"], device=torch.device("cpu"))
     before = {**count(model, shape), "test_accuracy": evaluate(model, test)["accuracy"]}
