@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,10 @@ SHIPPED = REPO / "data" / "mnist-mini"   # the MNIST subset that ships with the 
 def pytest_configure(config: pytest.Config) -> None:
     # One decode cache per test session: tests never read or write the user's cache.
     os.environ["CNNDEPLOY_CACHE"] = tempfile.mkdtemp(prefix="cnndeploy-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.get("CNNDEPLOY_CACHE", ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -49,10 +49,17 @@ def test_two_epoch_lenet_reaches_90_percent_and_writes_the_run_directory(lenet_r
 
 
 def test_no_pickle_anywhere_in_the_run_directory(lenet_run):
+    """Every file is safetensors, JSON or PNG, each checked by parsing it (no pickle, no torch zip)."""
     out, _ = lenet_run
     for p in out.iterdir():
-        head = p.read_bytes()[:2]
-        assert head != b"\x80\x02" and head[:1] != b"\x80" and head != b"PK", p.name  # pickle / torch zip
+        if p.suffix == ".safetensors":
+            with safe_open(str(p), "pt") as f:
+                assert list(f.keys())
+        elif p.suffix in (".json", ".jsonl"):
+            for line in p.read_text().splitlines() if p.suffix == ".jsonl" else [p.read_text()]:
+                json.loads(line)
+        else:
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p.name
 
 
 def test_eval_remeasures_the_same_accuracy_from_the_files(lenet_run, mini_mnist):
@@ -141,8 +148,12 @@ def test_a_finished_run_is_never_overwritten(lenet_run, mini_mnist, capsys):
     assert before == {p.name: p.read_bytes() for p in out.iterdir()}
 
 
-def test_resume_refuses_changed_options_and_missing_checkpoints(lenet_run, mini_mnist, tmp_path):
-    out, _ = lenet_run
+def test_resume_refuses_changed_options_and_missing_checkpoints(mini_mnist, tmp_path, monkeypatch):
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _interrupt_after_epochs(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(mini_mnist, out, epochs=2, subset=256), progress=False)
     with pytest.raises(CnnDeployError, match="--lr saved 0.05 vs given 0.3"):
         train(_cfg(mini_mnist, out, lr=0.3), resume=True, explicit={"lr"})
     with pytest.raises(CnnDeployError, match="nothing to resume"):
@@ -175,8 +186,7 @@ def test_corrupt_weights_and_checkpoints_are_named_as_such(lenet_run, tmp_path, 
     out, _ = lenet_run
     run = tmp_path / "copy"
     run.mkdir()
-    for name in ("model.json", "metrics.json"):
-        (run / name).write_bytes((out / name).read_bytes())
+    (run / "model.json").write_bytes((out / "model.json").read_bytes())
     (run / rundir.WEIGHTS).write_bytes(content)
     (run / rundir.CHECKPOINT).write_bytes(content)
     with pytest.raises(CnnDeployError, match="corrupt or incomplete"):
@@ -227,3 +237,43 @@ def test_images_too_small_for_the_model_are_a_clear_error(tmp_path):
     with pytest.raises(CnnDeployError, match="too small"):
         train(TrainConfig(model="lenet5", dataset=str(data), out=str(tmp_path / "r"), epochs=1,
                           device="cpu"), progress=False)
+
+
+def test_resume_keeps_the_saved_data_dir_and_refuses_other_data(mini_mnist, shared_data, tmp_path, monkeypatch):
+    kw = dict(epochs=2, subset=256)
+    with monkeypatch.context() as m:
+        _interrupt_after_epochs(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(mini_mnist, tmp_path / "r", **kw), progress=False)
+    moved = TrainConfig(model="lenet5", dataset="mnist", out=str(tmp_path / "r"), data_dir=str(shared_data))
+    with pytest.raises(CnnDeployError, match="the data differs"):
+        train(moved, resume=True, explicit={"data_dir"}, progress=False)
+    # Without a typed --data-dir the saved one is used, even with $CNNDEPLOY_DATA elsewhere.
+    monkeypatch.setenv("CNNDEPLOY_DATA", str(shared_data))
+    plain = TrainConfig(model="lenet5", dataset="mnist", out=str(tmp_path / "r"))
+    assert train(plain, resume=True, progress=False)["test_images"] == 2000
+    with pytest.raises(CnnDeployError, match="holds a finished run"):
+        train(plain, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--label-smoothing", "2"], "expected a number in [0.0, 1.0)"),
+    (["--batch-size", "1"], "expected at least 2"),
+])
+def test_out_of_range_options(args, expected, mini_mnist, tmp_path, capsys):
+    with pytest.raises(SystemExit) if "smoothing" in args[0] else _nothing():
+        code = main(["train", "--model", "lenet5", "--dataset", "mnist", "--data-dir", str(mini_mnist),
+                     "--out", str(tmp_path / "r"), *args])
+        assert code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_out_that_is_a_file(mini_mnist, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(["train", "--model", "lenet5", "--dataset", "mnist", "--out", str(tmp_path / "f")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def _nothing():
+    import contextlib
+    return contextlib.nullcontext()

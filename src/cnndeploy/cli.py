@@ -27,6 +27,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(low: float, high: float, closed_high: bool):
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (low <= value and (value <= high if closed_high else value < high)):
+            raise argparse.ArgumentTypeError(
+                f"expected a number in [{low}, {high}{']' if closed_high else ')'}, got {text}")
+        return value
+    return parse
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model into a run directory",
                        description="Train a model; unset hyper-parameters come from the model's "
@@ -36,9 +46,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=_positive_float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--warmup", type=float, help="fraction of steps spent warming up")
+    p.add_argument("--weight-decay", type=_fraction(0.0, 1.0, True))
+    p.add_argument("--label-smoothing", type=_fraction(0.0, 1.0, False))
+    p.add_argument("--warmup", type=_fraction(0.0, 1.0, True), help="fraction of steps spent warming up")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -103,11 +113,12 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnndeploy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cnndeploy", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"cnndeploy {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of expected errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=lambda **kw: argparse.ArgumentParser(allow_abbrev=False, **kw))
     _add_train(sub)
     _add_eval(sub)
     _add_export(sub)
@@ -223,5 +234,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last complete epoch's checkpoint is kept (use --resume)", file=sys.stderr)
+        hint = "; the last complete epoch's checkpoint is kept (use --resume)" if args.command == "train" else ""
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130

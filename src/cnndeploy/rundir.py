@@ -85,8 +85,8 @@ def build_from_metadata(meta: dict[str, Any], where: str) -> nn.Module:
     try:
         return create_model(meta["model"], int(meta["num_classes"]), int(meta["channels"]),
                             int(meta["height"]), int(meta["width"]), **meta["widths"])
-    except (KeyError, ValueError, TypeError) as e:
-        msg = e.args[0] if e.args else e
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        msg = str(e.args[0] if e.args else e).splitlines()[0]
         raise CheckpointError(f"{where}: cannot build the model it describes ({msg})") from None
 
 

@@ -21,10 +21,13 @@ class Augment:
 
 
 def augment_for(dataset: str) -> Augment:
-    """Default augmentation: crop with padding for everything, flips for everything but MNIST."""
+    """Default augmentation: crop with padding for everything, flips for CIFAR-10 only.
+
+    A user's own images may be text, arrows or digits, where a mirror image is another class.
+    """
     if dataset == "mnist":
         return Augment(pad=2, flip=False)
-    return Augment(pad=4, flip=True)
+    return Augment(pad=4, flip=dataset == "cifar10")
 
 
 def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

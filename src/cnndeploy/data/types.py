@@ -40,8 +40,7 @@ class ImageDataset:
         """The dataset half of model.json (GUIDE section 3)."""
         return {"dataset": self.name, "dataset_source": self.source, "classes": list(self.classes),
                 "channels": self.channels, "height": self.height, "width": self.width,
-                "mean": [round(float(m), 6) for m in self.mean],
-                "std": [round(float(s), 6) for s in self.std]}
+                "mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std]}
 
 
 def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -73,6 +73,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _subset(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
+    if n and n >= len(ds.train_y):
+        log.warning("--subset %d: the training split has only %d images; using all of them", n, len(ds.train_y))
     if not n or n >= len(ds.train_y):
         return ds
     idx = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(seed))[:n].sort()[0]
@@ -81,10 +83,14 @@ def _subset(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
 
 def _prepare_out(out: Path, resume: bool) -> bool:
     """Refuse to clobber a finished run or silently restart an unfinished one; True if resuming."""
+    if out.exists() and not out.is_dir():
+        raise CnnDeployError(f"--out {out} is a file; expected a run directory")
     has_ckpt = (out / rundir.CHECKPOINT).is_file()
     if resume:
         if not has_ckpt:
             raise CnnDeployError(f"--resume: no {rundir.CHECKPOINT} in {out}; nothing to resume")
+        if (out / rundir.METRICS).is_file():
+            raise CnnDeployError(f"--resume: {out} holds a finished run (metrics.json); nothing to resume")
         return True
     if (out / rundir.METRICS).is_file() or (out / rundir.WEIGHTS).is_file():
         raise CnnDeployError(f"{out} already holds a trained model; choose another --out "
@@ -109,18 +115,32 @@ def _set_rng_state(rng: dict[str, torch.Tensor], gen: torch.Generator, device: t
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
+def _check_same_run(state: dict, identity: dict, device: torch.device, out: Path) -> None:
+    """A resumed run must see the same data, and its RNG streams only exist on one device type."""
+    if state.get("data") and state["data"] != identity:
+        raise CnnDeployError(f"--resume: the data differs from the run in {out} (saved "
+                             f"{state['data']['source']}, {state['data']['train_images']}/"
+                             f"{state['data']['test_images']} images; now {identity['source']}, "
+                             f"{identity['train_images']}/{identity['test_images']}); pass the same "
+                             "--data-dir as the first run")
+    if state.get("device_type", device.type) != device.type:
+        raise CnnDeployError(f"--resume: the run in {out} was trained on {state['device_type']} and would "
+                             f"continue on {device.type}; pass --device {state['device_type']}")
+
+
 def _resume_config(out: Path, cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     saved = checkpoint_state(out / rundir.CHECKPOINT).get("config")
     if not saved:
         raise CnnDeployError(f"{out / rundir.CHECKPOINT} holds no training config; cannot resume")
     clash = {k: (saved[k], getattr(cfg, k)) for k in explicit
-             if k in saved and k not in ("device", "data_dir", "out") and saved[k] != getattr(cfg, k)}
+             if k in saved and k not in ("device", "data_dir", "out", "dataset") and saved[k] != getattr(cfg, k)}
     if clash:
         raise CnnDeployError("--resume continues the saved run, but these options differ from it: "
                              + ", ".join(f"--{k.replace('_', '-')} saved {a!r} vs given {b!r}"
                                          for k, (a, b) in clash.items()))
-    return dataclasses.replace(TrainConfig(**saved), device=cfg.device, data_dir=cfg.data_dir,
-                               out=cfg.out)
+    # Where the data lives and which device runs may change on resume, but only when typed.
+    moved = {k: getattr(cfg, k) for k in ("device", "data_dir") if k in explicit}
+    return dataclasses.replace(TrainConfig(**saved), out=cfg.out, **moved)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozenset(),
@@ -133,6 +153,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
     t_start = time.perf_counter()
     ds = _subset(load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download),
                  cfg.subset, cfg.seed)
+    if cfg.batch_size < 2:
+        raise CnnDeployError(f"--batch-size {cfg.batch_size}: expected at least 2 (BatchNorm needs it)")
+    if len(ds.train_y) < 2:
+        raise CnnDeployError(f"{ds.path}: {len(ds.train_y)} training image(s); expected at least 2")
     log.info("data: %s from %s (%d train / %d test images, %.1fs)", ds.source, ds.path,
              len(ds.train_y), len(ds.test_y), time.perf_counter() - t_start)
 
@@ -159,13 +183,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
     steps_per_epoch = train_split.num_batches(cfg.batch_size, drop_last=True)
     schedule = dict(total_steps=cfg.epochs * steps_per_epoch, peak=cfg.lr, warmup=cfg.warmup)
 
+    identity = {"source": ds.source, "train_images": len(ds.train_y), "test_images": len(ds.test_y),
+                "classes": ds.classes}
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "seconds_in_epochs": 0.0}
     if resume:
         rng, state = load_checkpoint(out / rundir.CHECKPOINT, model=model, optimizer=optimizer)
+        _check_same_run(state, identity, device, out)
         _set_rng_state(rng, gen, device)
         log.info("resuming %s after epoch %d of %d", out, state["epoch"], cfg.epochs)
     step_model = torch.compile(model) if cfg.compile else model
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CnnDeployError(f"cannot create the run directory {out} ({e.strerror})") from None
 
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -174,7 +204,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
                                 batch_size=cfg.batch_size, augment=augment_for(ds.name),
                                 generator=gen, loss_fn=loss_fn, progress=progress)
         t_train = time.perf_counter() - t0
-        test = evaluate(step_model, test_split)
+        test = evaluate(step_model, test_split, amp=False)  # reported accuracy: full fp32, as exported
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "lr": stats["lr"], "train_loss": stats["train_loss"],
                "train_accuracy": stats["train_accuracy"], "test_loss": test["loss"],
@@ -183,7 +213,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
         if not cuda:  # host timings mean something only when every op is synchronous
             row.update(data_seconds=round(stats["data_seconds"], 3),
                        compute_seconds=round(stats["compute_seconds"], 3))
-        state.update(epoch=epoch, step=stats["steps"], history=state["history"] + [row],
+        state.update(epoch=epoch, step=stats["steps"], history=state["history"] + [row], data=identity,
+                     device_type=device.type,
                      seconds_in_epochs=state["seconds_in_epochs"] + seconds, config=dataclasses.asdict(cfg))
         save_checkpoint(out / rundir.CHECKPOINT, model=model, optimizer=optimizer,
                         rng=_rng_state(gen, device), state=state)
