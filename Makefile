@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
-RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
+RUN_DIR := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: run test clean-venv
 

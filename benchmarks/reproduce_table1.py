@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
+from cnndeploy.fileio import write_bytes_atomic, write_json_atomic  # noqa: E402
 from cnndeploy.train.fit import TrainConfig, train  # noqa: E402
 
 PAPER = {("resnet18", "mnist"): 0.99665, ("lenet5", "mnist"): 0.99110, ("alexnet", "mnist"): 0.99440,
@@ -85,6 +86,8 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     tag = "smoke" if args.smoke else re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+    if args.only:  # a partial table never replaces a full one
+        tag += "-only-" + re.sub(r"[^a-z0-9]+", "-", args.only.lower()).strip("-")
     report = {"device": gpu, "torch": torch.__version__, "commit": _commit(),
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": " ".join(["python", *sys.argv]), "runs": []}
@@ -115,8 +118,8 @@ def main() -> None:
             "train_images_per_second": metrics["train_images_per_second"],
             "seconds_to_target": _first_reach(history, TARGET[key]), "history": history})
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"table1-{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out / f"table1-{tag}.md").write_text(_markdown(report))
+        write_json_atomic(out / f"table1-{tag}.json", report)
+        write_bytes_atomic(out / f"table1-{tag}.md", _markdown(report).encode())
         print(f"{model:9s} {dataset:8s} {100 * metrics['test_accuracy']:.2f}% "
               f"(target {100 * TARGET[key]:.2f}%) in {seconds:.1f}s", flush=True)
 

@@ -32,8 +32,8 @@ def test_reproduce_table1_smoke(mini_mnist, tmp_path):
     proc = _run("benchmarks/reproduce_table1.py", "--smoke", "--only", "lenet5:mnist",
                 "--data-dir", str(mini_mnist), "--out", str(tmp_path), "--runs-dir", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "table1-smoke.json").read_text())
+    report = json.loads((tmp_path / "table1-smoke-only-lenet5-mnist.json").read_text())
     (run,) = report["runs"]
     assert run["model"] == "lenet5" and run["paper"] == 0.9911 and 0 <= run["test_accuracy"] <= 1
     assert run["epochs"] == 1 and len(run["history"]) == 1
-    assert "| lenet5 | mnist |" in (tmp_path / "table1-smoke.md").read_text()
+    assert "| lenet5 | mnist |" in (tmp_path / "table1-smoke-only-lenet5-mnist.md").read_text()

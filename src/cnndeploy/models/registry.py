@@ -32,6 +32,7 @@ class ModelSpec:
     recipes: dict[str, Recipe]               # keyed by "mnist" / "cifar10"; others use "cifar10"
     summary: str
     paper: str = ""
+    default_input: tuple[int, int, int] = (3, 32, 32)   # C, H, W; 1x28x28 (MNIST) works as well
 
     def recipe(self, dataset: str) -> Recipe:
         return self.recipes.get(dataset, self.recipes["cifar10"])

@@ -15,8 +15,8 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str) -> Non
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
-    ax_loss.plot(epochs, [h["test_loss"] for h in history], marker="o", label="test")
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train (with label smoothing)")
+    ax_loss.plot(epochs, [h["test_loss"] for h in history], marker="o", label="test (plain)")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], marker="o", label="train")
     ax_acc.plot(epochs, [100 * h["test_accuracy"] for h in history], marker="o", label="test")

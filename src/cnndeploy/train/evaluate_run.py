@@ -8,7 +8,7 @@ from typing import Any
 from cnndeploy.data import dataset_for
 from cnndeploy.data.device import DeviceSplit
 from cnndeploy.rundir import load_run
-from cnndeploy.train.fit import pick_device
+from cnndeploy.devices import pick_device
 from cnndeploy.train.loop import evaluate
 
 

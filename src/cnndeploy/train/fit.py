@@ -16,6 +16,7 @@ from torch import nn
 from cnndeploy import rundir
 from cnndeploy.data import ImageDataset, load_dataset
 from cnndeploy.data.device import DeviceSplit, augment_for
+from cnndeploy.devices import pick_device
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import write_bytes_atomic, write_json_atomic
 from cnndeploy.models import create_model, get_spec
@@ -52,17 +53,6 @@ class TrainConfig:
         fills = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)
                  if getattr(self, f.name) is None}
         return dataclasses.replace(self, **fills)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CnnDeployError("--device cuda was asked for but torch sees no CUDA GPU "
-                             f"(torch {torch.__version__}); use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise CnnDeployError(f"--device {name!r}: expected auto, cpu or cuda")
-    return torch.device(name)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -143,6 +133,23 @@ def _resume_config(out: Path, cfg: TrainConfig, explicit: set[str]) -> TrainConf
     return dataclasses.replace(TrainConfig(**saved), out=cfg.out, **moved)
 
 
+def _build_model(cfg: TrainConfig, ds: ImageDataset, device: torch.device, *, from_init: bool) -> nn.Module:
+    """The seeded model (with any pruned widths and initial weights), laid out for `device`."""
+    torch.manual_seed(cfg.seed)
+    try:
+        model = create_model(cfg.model, ds.num_classes, ds.channels, ds.height, ds.width,
+                             **(cfg.widths or {}))
+    except ValueError as e:
+        raise CnnDeployError(f"{cfg.model} cannot take the images of {ds.path}: {e}") from None
+    if cfg.init_weights and from_init:
+        rundir.load_state_dict_checked(model, rundir.load_tensors(cfg.init_weights)[0], cfg.init_weights)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    return model
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozenset(),
           progress: bool = True) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.dataset` into the run directory `cfg.out`; returns metrics."""
@@ -160,19 +167,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
     log.info("data: %s from %s (%d train / %d test images, %.1fs)", ds.source, ds.path,
              len(ds.train_y), len(ds.test_y), time.perf_counter() - t_start)
 
-    torch.manual_seed(cfg.seed)
-    try:
-        model = create_model(cfg.model, ds.num_classes, ds.channels, ds.height, ds.width,
-                             **(cfg.widths or {}))
-    except ValueError as e:
-        raise CnnDeployError(f"{cfg.model} cannot take the images of {ds.path}: {e}") from None
-    if cfg.init_weights and not resume:
-        rundir.load_state_dict_checked(model, rundir.load_tensors(cfg.init_weights)[0], cfg.init_weights)
-    model = model.to(device)
+    model = _build_model(cfg, ds, device, from_init=not resume)
     cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
     split_args = {"mean": ds.mean, "std": ds.std, "device": device, "channels_last": cuda}
     train_split = DeviceSplit(ds.train_x, ds.train_y, **split_args)
     test_split = DeviceSplit(ds.test_x, ds.test_y, **split_args)
