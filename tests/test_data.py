@@ -508,3 +508,24 @@ def test_shuffled_batches_cover_each_index_once_and_repeat_with_the_seed():
     for (xa, ya), (xb, yb) in zip(first, epoch(0)):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert [len(y) for _, y in epoch(0, drop_last=True)] == [3, 3, 3]
+
+
+def test_hostile_members_are_skipped_unread_or_undecoded(tmp_path, caplog, monkeypatch):
+    """Big files are never read, pixel bombs never decoded, and no EPS goes to Ghostscript."""
+    import cnndeploy.data.folder as folder
+
+    write_image_tree(tmp_path / "src")
+    members = tree_members(tmp_path / "src")
+    monkeypatch.setattr(folder, "MAX_FILE_BYTES", 1 << 20)
+    members["train/dog/huge.png"] = b"\0" * (2 << 20)                      # over the (patched) size cap
+    bomb = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(bomb, "PNG")                          # 25 Mpx > 4096^2
+    members["train/cat/bomb.png"] = bomb.getvalue()
+    members["train/cat/eps.png"] = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+    archive = make_archive(tmp_path / "hostile.zip", members)
+    with caplog.at_level(logging.WARNING, logger="cnndeploy"):
+        ds = load_dataset(str(archive), use_cache=False)
+    assert len(ds.train_y) == 6 and ds.train_x.shape[1:] == (3, 8, 8)
+    text = caplog.text
+    assert "skipped 1 file(s): larger than 1 MB" in text
+    assert "skipped 2 file(s): corrupt or unreadable image" in text
