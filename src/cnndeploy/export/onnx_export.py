@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,11 @@ def _export_proto(model: torch.nn.Module, sample: torch.Tensor, opset: int):
     batch = torch.export.Dim("batch", min=1, max=65536)
     for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.ERROR)  # exporter chatter, e.g. torchvision ops
-    program = torch.onnx.export(model, (sample,), dynamo=True, verbose=False, opset_version=opset,
-                                input_names=["input"], output_names=["logits"],
-                                dynamic_shapes=({0: batch},))
+    with warnings.catch_warnings():  # torch's exporter warns about its own internals
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.onnx.export(model, (sample,), dynamo=True, verbose=False, opset_version=opset,
+                                    input_names=["input"], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},))
     return program.model_proto
 
 
