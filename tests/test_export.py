@@ -190,3 +190,13 @@ def test_with_preprocess_takes_raw_pixels(mini_mnist, tmp_path):
     from_raw = sess.run(None, {inp.name: np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))})[0]
     from_float = Classifier(path).logits(((pixels / 255.0 - 0.1307) / 0.3081).astype(np.float32))
     np.testing.assert_allclose(from_raw, from_float, atol=1e-4, rtol=1e-4)
+
+
+def test_classifier_refuses_pixel_bombs_and_non_raster_files(exported, tmp_path):
+    clf = Classifier(exported["lenet5"])
+    Image.new("L", (5000, 5000)).save(tmp_path / "bomb.png")
+    with pytest.raises(ImageInputError, match="more than"):
+        clf.classify(tmp_path / "bomb.png")
+    (tmp_path / "eps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
+    with pytest.raises(ImageInputError, match="not a readable image"):
+        clf.classify(tmp_path / "eps.png")

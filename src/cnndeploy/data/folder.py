@@ -7,7 +7,6 @@ the whole archive refused: such a file was not made by an honest tool.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import tarfile
@@ -23,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cnndeploy.data.types import ImageDataset, channel_stats
 from cnndeploy.errors import DatasetError
+from cnndeploy.images import open_image
 
 log = logging.getLogger("cnndeploy")
 
@@ -31,8 +31,6 @@ SPLITS = ("train", "test")
 FALLBACK_SIZE = 32   # used when images differ in size and no size is asked for
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 MAX_FILE_BYTES = 50 << 20        # an image file larger than this is skipped unread
-MAX_PIXELS = 4096 * 4096         # decompression-bomb guard, far below Pillow's own
-FORMATS = ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM"]  # no EPS/PDF: never call Ghostscript
 
 
 def is_archive(path: Path) -> bool:
@@ -110,16 +108,9 @@ def _collect(source: Path) -> tuple[dict[str, set[str]], dict[str, list[tuple[st
     return classes, ordered, skipped
 
 
-def _open(data: bytes) -> Image.Image:
-    im = Image.open(io.BytesIO(data), formats=FORMATS)
-    if im.width * im.height > MAX_PIXELS:
-        raise ValueError(f"{im.width}x{im.height} pixels is more than {MAX_PIXELS}")
-    return im
-
-
 def _decode(data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:
     try:
-        with _open(data) as im:
+        with open_image(data) as im:
             if im.mode.startswith("I;16"):  # 16-bit grey: scale, don't clip, to 8 bits
                 im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
             im = im.convert(mode)
@@ -137,7 +128,7 @@ def _probe(files: list[tuple[str, bytes]], image_size: int | tuple[int, int] | N
     modes, sizes = set(), set()
     for _, data in files:
         try:
-            with _open(data) as im:
+            with open_image(data) as im:
                 modes.add(im.mode)
                 sizes.add(im.size)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):

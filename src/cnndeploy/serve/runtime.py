@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from cnndeploy.errors import CnnDeployError
+from cnndeploy.images import open_image
 
 ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
 REQUIRED = ("classes", "channels", "height", "width", "mean", "std")
@@ -102,7 +103,7 @@ class Classifier:
                 arr = arr.transpose(1, 2, 0)  # CHW -> HWC
             return Image.fromarray(arr.squeeze(2) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
         try:
-            with Image.open(image) as img:
+            with open_image(image) as img:
                 img.load()
                 return img
         except (OSError, ValueError, Image.DecompressionBombError) as e:

@@ -89,6 +89,8 @@ def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
     run = Path(run_dir)
     model, meta = rundir.load_run(run)
     out_dir = Path(out) if out else _default_out(run, amount)
+    if (out_dir / rundir.METRICS).exists() or (out_dir / rundir.CHECKPOINT).exists():
+        raise CnnDeployError(f"{out_dir} already holds a run; choose another --out (nothing was overwritten)")
     ds = dataset_for(meta, data_dir=data_dir)
     dataset = meta["dataset"] if meta["dataset"] in NAMED else ds.path
     shape = (meta["channels"], meta["height"], meta["width"])
@@ -110,8 +112,6 @@ def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
     cfg = TrainConfig(model=meta["model"], dataset=dataset, out=str(out_dir), epochs=epochs,
                       lr=lr or recipe_lr / 4, batch_size=original.get("batch_size"), device=device,
                       data_dir=data_dir, widths=model.widths(), init_weights=str(init))
-    if (out_dir / rundir.METRICS).exists() or (out_dir / rundir.CHECKPOINT).exists():
-        raise CnnDeployError(f"{out_dir} already holds a run; choose another --out (nothing was overwritten)")
     rundir.save_weights(init, model)
     metrics = train(cfg, progress=progress)
     report = {"source_run": str(run), "amount": amount, "method": method, "round_to": round_to,
