@@ -200,3 +200,11 @@ def test_classifier_refuses_pixel_bombs_and_non_raster_files(exported, tmp_path)
     (tmp_path / "eps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
     with pytest.raises(ImageInputError, match="not a readable image"):
         clf.classify(tmp_path / "eps.png")
+
+
+def test_export_of_a_run_without_weights(exported, tmp_path, capsys):
+    run = tmp_path / "noweights"
+    run.mkdir()
+    (run / "model.json").write_bytes((exported["lenet5"].parent / "model.json").read_bytes())
+    assert main(["export", str(run), "--onnx"]) == 2
+    assert "weights not found" in capsys.readouterr().err and not (run / "model.onnx").exists()

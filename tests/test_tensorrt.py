@@ -29,6 +29,13 @@ def test_trt_without_tensorrt_or_gpu_is_one_line(tmp_path, capsys):
     assert ("'tensorrt' Python package" in err) if not HAVE_TRT else ("CUDA GPU" in err)
 
 
+@pytest.mark.skipif(HAVE_TRT and HAVE_GPU, reason="TensorRT and a GPU are present")
+def test_eval_of_an_engine_without_tensorrt_is_one_line(tmp_path, capsys):
+    (tmp_path / "model.fp32.trt10.0.0.sm90.engine").write_bytes(b"\0" * 64)
+    assert main(["eval", str(tmp_path / "model.fp32.trt10.0.0.sm90.engine")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
 def test_precision_flags_need_trt(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--onnx", "--fp16"]) == 2
     assert "add --trt" in capsys.readouterr().err
@@ -50,3 +57,15 @@ def test_fp32_engine_matches_onnx(mini_mnist, tmp_path):
     x = torch.randn(5, 1, 28, 28)
     got = TensorRTRunner(engine)(x).cpu()
     torch.testing.assert_close(got, model(x).detach(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(not (HAVE_TRT and HAVE_GPU), reason="needs the tensorrt package and a CUDA GPU")
+def test_engines_from_another_tensorrt_are_refused(tmp_path):
+    from cnndeploy.errors import CnnDeployError
+    from cnndeploy.export.tensorrt import TensorRTRunner
+
+    stale = tmp_path / "model.fp32.trt1.0.0.sm10.engine"
+    stale.write_bytes(b"\0" * 64)
+    with pytest.raises(CnnDeployError, match="rebuild the engine"):
+        TensorRTRunner(stale)

@@ -61,8 +61,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="re-measure test accuracy of a run directory or an ONNX file")
-    p.add_argument("run_dir", metavar="RUN_DIR|MODEL.onnx")
+    p = sub.add_parser("eval", help="re-measure test accuracy of a run directory, ONNX file or TensorRT engine")
+    p.add_argument("run_dir", metavar="RUN_DIR|MODEL.onnx|MODEL.engine")
     p.add_argument("--dataset", help="override the dataset recorded in model.json")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -149,6 +149,10 @@ def _cmd_eval(args: argparse.Namespace, explicit: set[str]) -> int:
         from cnndeploy.export.evaluate_onnx import evaluate_onnx
 
         result = evaluate_onnx(args.run_dir, dataset=args.dataset, data_dir=args.data_dir)
+    elif args.run_dir.endswith(".engine"):
+        from cnndeploy.export.tensorrt import evaluate_engine
+
+        result = evaluate_engine(args.run_dir, dataset=args.dataset, data_dir=args.data_dir)
     else:
         from cnndeploy.train.evaluate_run import evaluate_run
 

@@ -120,3 +120,27 @@ class TensorRTRunner:
         if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise TensorRTError("TensorRT execution failed")
         return out
+
+
+def evaluate_engine(engine_path: str | os.PathLike, *, run_dir: str | os.PathLike | None = None,
+                    dataset: str | None = None, data_dir: str | None = None, batch_size: int = 256) -> dict:
+    """Test accuracy of a TensorRT engine; preprocessing comes from the model.json beside it."""
+    import numpy as np
+
+    from cnndeploy.data import dataset_for
+    from cnndeploy.rundir import read_model_json
+
+    path = Path(engine_path)
+    meta = read_model_json(Path(run_dir) if run_dir else path.parent)
+    runner = TensorRTRunner(path)
+    ds = dataset_for(meta, dataset=dataset, data_dir=data_dir)
+    mean = torch.tensor(meta["mean"], device="cuda").view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"], device="cuda").view(1, -1, 1, 1)
+    correct = 0
+    for start in range(0, len(ds.test_y), min(batch_size, MAX_BATCH)):
+        x = torch.from_numpy(np.ascontiguousarray(ds.test_x[start:start + min(batch_size, MAX_BATCH)])).cuda()
+        logits = runner((x.float() / 255 - mean) / std)
+        y = torch.from_numpy(ds.test_y[start:start + len(x)]).cuda()
+        correct += int((logits.argmax(1) == y).sum())
+    return {"test_accuracy": correct / len(ds.test_y), "n": len(ds.test_y), "dataset_source": ds.source,
+            "model": meta["model"], "file": str(path)}
