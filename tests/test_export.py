@@ -208,3 +208,55 @@ def test_export_of_a_run_without_weights(exported, tmp_path, capsys):
     (run / "model.json").write_bytes((exported["lenet5"].parent / "model.json").read_bytes())
     assert main(["export", str(run), "--onnx"]) == 2
     assert "weights not found" in capsys.readouterr().err and not (run / "model.onnx").exists()
+
+
+def _exif_rotated(tmp_path: Path) -> Path:
+    img = Image.new("L", (40, 20), 0)
+    img.paste(255, (0, 0, 20, 20))            # left half white
+    exif = img.getexif()
+    exif[0x0112] = 6                           # orientation: rotate 90 degrees clockwise to display
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    return tmp_path / "rot.jpg"
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: Image.new("CMYK", (30, 30), (0, 50, 100, 0)),
+    lambda p: Image.new("P", (30, 30)),
+    lambda p: Image.fromarray(np.full((30, 30), 60000, np.uint16)),
+    lambda p: Image.new("L", (1, 1)),
+    lambda p: Image.new("RGB", (10000, 3)),
+    lambda p: _exif_rotated(p),
+    lambda p: np.zeros((28, 28), np.float64),
+    lambda p: np.full((28, 28, 3), 7, np.int64),
+])
+def test_classifier_converts_odd_images(exported, tmp_path, make):
+    clf = Classifier(exported["lenet5"])
+    assert clf.preprocess(make(tmp_path)).shape == (1, 28, 28)
+    assert len(clf.classify(make(tmp_path))) == 3
+
+
+def test_classifier_scales_16_bit_and_honours_exif(exported, tmp_path):
+    clf = Classifier(exported["lenet5"])
+    bright = clf.preprocess(Image.fromarray(np.full((28, 28), 65535, np.uint16)))
+    assert np.allclose(bright, (255 / 255 - 0.1307) / 0.3081, atol=1e-2)
+    upright = clf.preprocess(Image.open(_exif_rotated(tmp_path)))  # 40x20 shown as 20x40: white on top
+    assert upright[0, :10].mean() > upright[0, -10:].mean()
+
+
+@pytest.mark.parametrize("bad,expected", [
+    (np.zeros((2, 2, 2, 2), np.uint8), "shaped HxW"),
+    (np.zeros((28, 28, 7), np.uint8), "1, 3 or 4 channels"),
+    (np.full((28, 28), np.nan), "finite"),
+    (np.zeros((28, 28), object), "finite numeric"),
+])
+def test_classifier_names_what_was_wrong(exported, bad, expected):
+    with pytest.raises(ImageInputError, match=expected):
+        Classifier(exported["lenet5"]).classify(bad)
+
+
+def test_logits_check_shape_and_finiteness(exported):
+    clf = Classifier(exported["lenet5"])
+    with pytest.raises(ImageInputError, match=r"expected a batch shaped \[N, 1, 28, 28\], got \[2, 3, 28, 28\]"):
+        clf.logits(np.zeros((2, 3, 28, 28), np.float32))
+    with pytest.raises(ImageInputError, match="NaN"):
+        clf.logits(np.full((1, 1, 28, 28), np.inf, np.float32))

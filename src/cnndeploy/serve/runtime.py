@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.images import open_image
@@ -46,6 +46,33 @@ def _metadata(props: dict[str, str], where: str, overrides: dict) -> dict:
                 "model": merged.get("model", ""), "dataset": merged.get("dataset", "")}
     except (ValueError, TypeError) as e:
         raise ModelFileError(f"{where}: malformed metadata ({e})") from None
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    """HW, HWC or CHW arrays (uint8 0..255, or floats 0..1 / 0..255) -> a PIL image."""
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise ImageInputError(f"expected an image array shaped HxW, HxWxC or CxHxW, got {list(arr.shape)}")
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
+        raise ImageInputError(f"expected 1, 3 or 4 channels, got an array shaped {list(arr.shape)}")
+    if arr.dtype.kind not in "uif" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+        raise ImageInputError(f"expected finite numeric pixels, got {arr.dtype}")
+    if arr.dtype != np.uint8:
+        scale = 255.0 if arr.dtype.kind == "f" and arr.max(initial=0) <= 1.0 else 1.0
+        arr = np.clip(arr.astype(np.float64) * scale, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr.squeeze(2) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+
+
+def _upright_8bit(img: Image.Image) -> Image.Image:
+    """Apply EXIF rotation, take the first frame, and scale 16-bit grey to 8 bits."""
+    img = ImageOps.exif_transpose(img) or img
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+        img = img.copy()
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
+    return img
 
 
 class Classifier:
@@ -82,7 +109,7 @@ class Classifier:
 
     def preprocess(self, image: ImageLike) -> np.ndarray:
         """Any image -> float32 [C, H, W], resized and normalised as the model was trained."""
-        img = self._as_pil(image)
+        img = _upright_8bit(self._as_pil(image))
         img = img.convert("L" if self.meta["channels"] == 1 else "RGB")
         size = (self.meta["width"], self.meta["height"])
         if img.size != size:
@@ -96,12 +123,7 @@ class Classifier:
         if isinstance(image, Image.Image):
             return image
         if isinstance(image, np.ndarray):
-            arr = image
-            if arr.dtype != np.uint8:
-                arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-            if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
-                arr = arr.transpose(1, 2, 0)  # CHW -> HWC
-            return Image.fromarray(arr.squeeze(2) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+            return _array_to_pil(image)
         try:
             with open_image(image) as img:
                 img.load()
@@ -111,7 +133,16 @@ class Classifier:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Run preprocessed float32 NCHW inputs; returns logits [N, num_classes]."""
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        expected = (self.meta["channels"], self.meta["height"], self.meta["width"])
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise ImageInputError(f"expected a batch shaped [N, {', '.join(map(str, expected))}], "
+                                  f"got {list(batch.shape)}")
+        if not np.isfinite(batch).all():
+            raise ImageInputError("the input holds NaN or infinite values")
+        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        if not np.isfinite(out).all():
+            raise ModelFileError(f"{self.path} produced NaN or infinite logits; not a prediction")
+        return out
 
     def predict(self, images: Iterable[ImageLike], top_k: int = 3) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image."""
