@@ -260,3 +260,23 @@ def test_logits_check_shape_and_finiteness(exported):
         clf.logits(np.zeros((2, 3, 28, 28), np.float32))
     with pytest.raises(ImageInputError, match="NaN"):
         clf.logits(np.full((1, 1, 28, 28), np.inf, np.float32))
+
+
+@pytest.mark.parametrize("location", ["../../../etc/hostname", "/etc/hostname"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, location):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((1,), np.float32), "w")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "4")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    w.ClearField("raw_data")
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 28, 28])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "evil.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    with pytest.raises(ModelFileError, match="not a loadable ONNX model"):
+        Classifier(path, classes=["a"], mean=[0.0], std=[1.0])
