@@ -112,6 +112,29 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="accuracy, latency and size of every variant on every backend")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--backends", default="torch,ort",
+                   help="comma list of torch,torch-compile,ort,ort-cuda,ort-trt,tensorrt")
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256])
+    p.add_argument("--threads", type=_positive_int, help="intra-op threads for torch and onnxruntime")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="timing budget per row")
+    p.add_argument("--out", default="bench")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnndeploy", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"cnndeploy {__version__}")
@@ -124,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_quant(sub)
     _add_prune(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -212,8 +236,25 @@ def _cmd_prune(args: argparse.Namespace, explicit: set[str]) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace, explicit: set[str]) -> int:
+    from cnndeploy.bench.harness import run_bench
+    from cnndeploy.bench.runners import BACKENDS
+    from cnndeploy.errors import CnnDeployError
+
+    backends = [b for b in args.backends.split(",") if b]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown or not backends:
+        raise CnnDeployError(f"--backends: unknown {unknown}; expected some of {', '.join(BACKENDS)}")
+    rows = run_bench(args.run_dirs, backends=backends, batch_sizes=args.batch_sizes, threads=args.threads,
+                     out=args.out, data_dir=args.data_dir, min_seconds=args.min_seconds,
+                     progress=not args.no_progress)
+    ok = sum(r["status"] == "ok" for r in rows)
+    print(f"{len(rows)} rows ({ok} measured, {len(rows) - ok} skipped or failed) -> {args.out}/bench.md")
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export, "quant": _cmd_quant,
-            "prune": _cmd_prune}
+            "prune": _cmd_prune, "bench": _cmd_bench}
 
 
 def _explicit_options(argv: Sequence[str]) -> set[str]:
