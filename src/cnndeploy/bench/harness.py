@@ -16,6 +16,7 @@ from cnndeploy.bench.runners import KIND, Runner, make_runner, skip_reason
 from cnndeploy.bench.timing import measure
 from cnndeploy.bench.variants import Variant, discover
 from cnndeploy.data import dataset_for
+from cnndeploy.data.types import normalise
 from cnndeploy.fileio import write_bytes_atomic, write_json_atomic
 from cnndeploy.rundir import read_json_if_exists, read_model_json
 
@@ -27,9 +28,7 @@ COLUMNS = ("variant", "backend", "precision", "batch_size", "accuracy", "latency
 
 
 def _normalised(meta: dict, pixels: np.ndarray) -> np.ndarray:
-    mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
-    return ((pixels.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+    return normalise(pixels, meta["mean"], meta["std"])
 
 
 def _accuracy(run: Runner, meta: dict, ds, batch: int = 256) -> float:

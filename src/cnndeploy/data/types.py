@@ -59,3 +59,10 @@ def check_split(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> N
     if y.min() < 0 or y.max() >= num_classes:
         raise DatasetError(f"{where}: labels outside 0..{num_classes - 1} "
                            f"(found {int(y.min())}..{int(y.max())})")
+
+
+def normalise(pixels: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 NCHW pixels -> float32 (pixel/255 - mean) / std: the input every exported model takes."""
+    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    return ((pixels.astype(np.float32) / 255.0 - m) / s).astype(np.float32)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
-
 from cnndeploy.data import dataset_for
+from cnndeploy.data.types import normalise
 from cnndeploy.serve.runtime import Classifier
 
 
@@ -16,11 +15,9 @@ def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, data_d
     clf = Classifier(path, threads=threads)
     meta = clf.meta
     ds = dataset_for(meta, dataset=dataset, data_dir=data_dir)
-    mean = meta["mean"].reshape(1, -1, 1, 1)
-    std = meta["std"].reshape(1, -1, 1, 1)
     correct = 0
     for start in range(0, len(ds.test_y), batch_size):
-        x = (ds.test_x[start:start + batch_size].astype(np.float32) / 255.0 - mean) / std
+        x = normalise(ds.test_x[start:start + batch_size], meta["mean"], meta["std"])
         correct += int((clf.logits(x).argmax(1) == ds.test_y[start:start + batch_size]).sum())
     return {"test_accuracy": correct / len(ds.test_y), "n": len(ds.test_y), "dataset_source": ds.source,
             "model": meta["model"], "file": str(path)}

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from cnndeploy.data import dataset_for
+from cnndeploy.data.types import normalise
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.export.metadata import onnx_metadata
 from cnndeploy.fileio import atomic_path
@@ -59,12 +60,6 @@ def _export_proto(model: torch.nn.Module, sample: torch.Tensor, opset: int):
     return program.model_proto
 
 
-def _normalised(images: np.ndarray, meta: dict) -> np.ndarray:
-    mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
-    return ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
-
-
 def validation_pixels(meta: dict, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
     """The first `n` test images of the model's dataset as uint8 NHWC."""
     ds = dataset_for(meta, data_dir=data_dir)
@@ -73,7 +68,7 @@ def validation_pixels(meta: dict, data_dir: str | None, n: int = max(VALIDATION_
 
 def validation_images(meta: dict, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
     """The first `n` test images, preprocessed as the model expects (float32 NCHW)."""
-    return _normalised(validation_pixels(meta, data_dir, n).transpose(0, 3, 1, 2), meta)
+    return normalise(validation_pixels(meta, data_dir, n).transpose(0, 3, 1, 2), meta["mean"], meta["std"])
 
 
 def validate(path: Path, model: torch.nn.Module, images: np.ndarray) -> dict:

@@ -6,6 +6,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from cnndeploy.data import dataset_for
+from cnndeploy.data.types import normalise
 
 
 def calibration_images(meta: dict, *, size: int, seed: int, data_dir: str | None) -> np.ndarray:
@@ -13,9 +14,7 @@ def calibration_images(meta: dict, *, size: int, seed: int, data_dir: str | None
     ds = dataset_for(meta, data_dir=data_dir)
     idx = np.sort(np.random.default_rng(seed).choice(len(ds.train_y), min(size, len(ds.train_y)),
                                                       replace=False))
-    mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
-    return ((ds.train_x[idx].astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+    return normalise(ds.train_x[idx], meta["mean"], meta["std"])
 
 
 class BatchReader(CalibrationDataReader):
