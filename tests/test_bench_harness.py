@@ -48,6 +48,15 @@ def test_bench_writes_every_row_with_accuracy_latency_and_skips(runs, mini_mnist
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and {"variant", "latency_ms_p50", "status"} <= set(table[0])
     assert "| lenet:int8-cpu | ort |" in (out / "bench.md").read_text()
+    for png in ("accuracy_vs_latency.png", "size.png", "throughput_vs_batch.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    from cnndeploy.bench.plots import pareto
+
+    points = [(1.0, 90.0), (2.0, 95.0), (3.0, 94.0), (0.5, 80.0), (2.0, 91.0)]
+    assert pareto(points) == [3, 0, 1]
 
 
 def test_bench_rejects_unknown_backends_and_bad_batch_sizes(runs, capsys):

@@ -114,6 +114,9 @@ def _write(out: Path, rows: list[dict], env: dict) -> None:
         lines.append(",".join(_csv_cell(r.get(c)) for c in COLUMNS))
     write_bytes_atomic(out / "bench.csv", ("\n".join(lines) + "\n").encode())
     write_bytes_atomic(out / "bench.md", _markdown(rows, env).encode())
+    from cnndeploy.bench.plots import plot_all
+
+    plot_all(rows, out)
 
 
 def _csv_cell(value: Any) -> str:
@@ -134,7 +137,9 @@ def _markdown(rows: list[dict], env: dict) -> str:
                     f" | {r['status']} |")
     return (f"# Benchmark\n\n{env['cpu']} ({', '.join(env['cpu_flags'])}), {env['cores']} cores, threads "
             f"{env['threads']}, GPU {env['gpu']['name'] if env['gpu'] else 'none'}, commit {env['git_commit']}, "
-            f"versions {json.dumps(env['versions'])}\n\n" + head + "\n" + "\n".join(body) + "\n")
+            f"versions {json.dumps(env['versions'])}\n\n" + head + "\n" + "\n".join(body) + "\n\n"
+            "![accuracy vs latency](accuracy_vs_latency.png)\n![size](size.png)\n"
+            "![throughput vs batch size](throughput_vs_batch.png)\n")
 
 
 def _flag(slower: bool | None) -> str:
