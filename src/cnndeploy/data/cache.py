@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ import numpy as np
 from cnndeploy.data.paths import cache_dir
 from cnndeploy.data.types import ImageDataset
 
+log = logging.getLogger("cnndeploy")
 FORMAT = 1
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 
@@ -57,8 +59,8 @@ def _write(folder: Path, ds: ImageDataset) -> None:
                 "mean": list(ds.mean), "std": list(ds.std)}
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, folder)  # atomic; fails harmlessly if another process got there first
-    except OSError:
-        pass  # a cache we cannot write only costs time
+    except OSError as e:  # a cache we cannot write only costs time on the next run
+        log.debug("not caching %s: %s", folder, e)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

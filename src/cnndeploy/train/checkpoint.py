@@ -45,10 +45,19 @@ def checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (format {meta.get('format')!r})")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is corrupt or incomplete ({e}); expected a checkpoint "
+                              "written by 'cnndeploy train'") from None
+    return _state(meta, path)
+
+
+def _state(meta: dict[str, str], path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON state from a checkpoint's safetensors metadata, checking its format tag."""
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (format {meta.get('format')!r})")
+    try:
         return json.loads(meta["state"])
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+    except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is corrupt or incomplete ({e}); expected a checkpoint "
                               "written by 'cnndeploy train'") from None
 
@@ -57,12 +66,7 @@ def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Restore model and optimizer in place; return the RNG tensors and the JSON state."""
     tensors, meta = load_tensors(path)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (format {meta.get('format')!r})")
-    try:
-        state = json.loads(meta["state"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: checkpoint metadata is corrupt ({e})") from None
+    state = _state(meta, path)
     device = next(model.parameters()).device
     load_state_dict_checked(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                             str(path))
