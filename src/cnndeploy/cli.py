@@ -135,6 +135,52 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _size(text: str) -> int:
+    """'5MB', '512k', '1.5GB' or a plain number of bytes."""
+    units = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9}
+    t = text.strip().lower()
+    num = t.rstrip("kmgb")
+    try:
+        value = float(num) * units[t[len(num):]]
+    except (ValueError, KeyError):
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 5MB, 512kB or 1000000, got {text!r}")
+    return int(value)
+
+
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="train -> prune -> export -> quant -> TensorRT -> bench -> report.md",
+                       description="One command from nothing to report.md. Each stage is skipped when its "
+                                   "outputs exist and are complete, so an interrupted pipeline resumes.")
+    p.add_argument("--dataset", required=True, help="mnist, cifar10, or a path to an image folder/archive")
+    p.add_argument("--models", default="lenet5,alexnet,resnet18", help="comma list of models")
+    p.add_argument("--epochs", help="N for every model, or per model: lenet5=6,resnet18=2 (default: recipes)")
+    p.add_argument("--prune", type=float, default=0.5, help="fraction of channels to prune (0: skip pruning)")
+    p.add_argument("--finetune-epochs", type=int, help="default: 20%% of each model's epochs")
+    p.add_argument("--backends", default="torch,ort,ort-cuda,tensorrt",
+                   help="bench backends; absent ones appear as skipped rows")
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256])
+    p.add_argument("--threads", type=_positive_int, help="intra-op threads for torch and onnxruntime")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="timing budget per bench row")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="pipeline", help="folder for the run directories, bench and report.md")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="Gradio demo: every variant of the run directories answers the same image")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes the demo to the network: an explicit choice")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--max-file-size", type=_size, default=5_000_000, help="largest upload, e.g. 5MB")
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
+    p.add_argument("--max-queue", type=_positive_int, default=64, help="requests waiting at most")
+    p.add_argument("--concurrency", type=_positive_int, default=4, help="requests served at once")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnndeploy", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"cnndeploy {__version__}")
@@ -148,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quant(sub)
     _add_prune(sub)
     _add_bench(sub)
+    _add_pipeline(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -253,8 +301,29 @@ def _cmd_bench(args: argparse.Namespace, explicit: set[str]) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace, explicit: set[str]) -> int:
+    from cnndeploy.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(dataset=args.dataset, models=[m for m in args.models.split(",") if m],
+                         epochs=args.epochs, prune=args.prune, finetune_epochs=args.finetune_epochs,
+                         backends=[b for b in args.backends.split(",") if b], batch_sizes=args.batch_sizes,
+                         threads=args.threads, min_seconds=args.min_seconds, device=args.device,
+                         seed=args.seed, out=args.out, data_dir=args.data_dir)
+    report = run_pipeline(cfg, progress=not args.no_progress)
+    print(f"report -> {report}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, explicit: set[str]) -> int:
+    from cnndeploy.serve.app import serve
+
+    serve(args.run_dirs, host=args.host, port=args.port, max_file_size=args.max_file_size, share=args.share,
+          max_queue=args.max_queue, concurrency=args.concurrency)
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export, "quant": _cmd_quant,
-            "prune": _cmd_prune, "bench": _cmd_bench}
+            "prune": _cmd_prune, "bench": _cmd_bench, "pipeline": _cmd_pipeline, "serve": _cmd_serve}
 
 
 def _explicit_options(argv: Sequence[str]) -> set[str]:
