@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cnndeploy import __version__
+from cnndeploy.bench.peak import cpu_peak, gpu_peak
 
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")
 PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "numpy")
@@ -56,12 +57,24 @@ def _gpu() -> dict[str, Any] | None:
         return None
     props = torch.cuda.get_device_properties(0)
     return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-            "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda}
+            "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda,
+            "driver": _nvidia_driver()}
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else None
 
 
 def environment(threads: int | None = None) -> dict[str, Any]:
     """What a benchmark ran on, so numbers from different machines are never mixed up."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = _gpu()
     return {**_cpuinfo(), "cores": os.cpu_count(), "cores_usable": affinity, "threads": threads,
-            "gpu": _gpu(), "python": platform.python_version(), "platform": platform.platform(),
-            "versions": _versions(), "git_commit": _git_commit()}
+            "gpu": gpu, "python": platform.python_version(), "platform": platform.platform(),
+            "versions": _versions(), "git_commit": _git_commit(),
+            "peak": {"cpu": cpu_peak(threads or affinity or 1), "gpu": gpu_peak(gpu["name"]) if gpu else None}}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -12,7 +11,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cnndeploy.bench.env import environment
-from cnndeploy.bench.runners import KIND, Runner, make_runner, skip_reason
+from cnndeploy.bench.memory import track
+from cnndeploy.bench.peak import peak_for, utilisation
+from cnndeploy.bench.report import bench_markdown
+from cnndeploy.bench.runners import KIND, Runner, make_runner, on_gpu, skip_reason
 from cnndeploy.bench.timing import measure
 from cnndeploy.bench.variants import Variant, discover
 from cnndeploy.data import dataset_for
@@ -23,8 +25,8 @@ from cnndeploy.rundir import read_json_if_exists, read_model_json
 HINT = {"weights": "train it", "onnx": "cnndeploy export RUN_DIR --onnx",
         "engine": "cnndeploy export RUN_DIR --trt"}
 COLUMNS = ("variant", "backend", "precision", "batch_size", "accuracy", "latency_ms_mean", "latency_ms_std",
-           "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips", "size_bytes",
-           "load_seconds", "slower_than_parent", "status")
+           "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips", "size_bytes", "params",
+           "macs", "achieved_gops", "peak_share", "peak_mem_mb", "load_seconds", "slower_than_parent", "status")
 
 
 def _normalised(meta: dict, pixels: np.ndarray) -> np.ndarray:
@@ -40,30 +42,49 @@ def _accuracy(run: Runner, meta: dict, ds, batch: int = 256) -> float:
 
 
 def _rows_for(variant: Variant, backend: str, ds, meta: dict, batch_sizes: list[int], *,
-              threads: int | None, min_seconds: float) -> list[dict[str, Any]]:
+              threads: int | None, min_seconds: float, cost: dict, peaks: dict) -> list[dict[str, Any]]:
     base = {"variant": variant.name, "backend": backend, "precision": variant.precision,
-            "size_bytes": variant.size_bytes}
+            "size_bytes": variant.size_bytes, **cost}
     reason = skip_reason(backend, variant)
     if reason:
         return [{**base, "batch_size": b, "status": f"skipped: {reason}"} for b in batch_sizes]
-    t0 = time.perf_counter()
-    try:
-        run = make_runner(backend, variant, threads=threads)
-        run(_normalised(meta, ds.test_x[:1]))  # first call: lazy init and graph optimisation
-    except Exception as e:  # a backend failing on one file must not stop the whole matrix
-        return [{**base, "batch_size": b, "status": f"failed: {str(e).splitlines()[0][:200]}"}
-                for b in batch_sizes]
-    load = time.perf_counter() - t0
-    accuracy = _accuracy(run, meta, ds)
+    gpu = on_gpu(backend)
+    with track(gpu) as memory:
+        t0 = time.perf_counter()
+        try:
+            run = make_runner(backend, variant, threads=threads)
+            run(_normalised(meta, ds.test_x[:1]))  # first call: lazy init and graph optimisation
+        except Exception as e:  # a backend failing on one file must not stop the whole matrix
+            return [{**base, "batch_size": b, "status": f"failed: {str(e).splitlines()[0][:200]}"}
+                    for b in batch_sizes]
+        load = time.perf_counter() - t0
+        accuracy = _accuracy(run, meta, ds)
+        timed = []
+        for b in batch_sizes:
+            x = _normalised(meta, np.resize(ds.test_x[:b], (b, *ds.test_x.shape[1:])))
+            timed.append((b, measure(lambda: run(x), warmup=3, min_calls=5, min_seconds=min_seconds)))
+    peak = peak_for(peaks["gpu" if gpu else "cpu"] or {}, variant.precision)
     rows = []
-    for b in batch_sizes:
-        x = _normalised(meta, np.resize(ds.test_x[:b], (b, *ds.test_x.shape[1:])))
-        stats = measure(lambda: run(x), warmup=3, min_calls=5, min_seconds=min_seconds)
+    for b, stats in timed:
+        gops, share = utilisation(cost.get("macs"), stats.throughput(b), peak)
         rows.append({**base, "batch_size": b, "accuracy": accuracy, "latency_ms_mean": stats.mean_ms,
                      "latency_ms_std": stats.std_ms, "latency_ms_p50": stats.p50_ms,
                      "latency_ms_p90": stats.p90_ms, "latency_ms_p99": stats.p99_ms,
-                     "throughput_ips": stats.throughput(b), "load_seconds": round(load, 3), "status": "ok"})
+                     "throughput_ips": stats.throughput(b), "achieved_gops": gops, "peak_share": share,
+                     "peak_mem_mb": None if memory.mb is None else round(memory.mb, 1),
+                     "peak_mem_kind": memory.kind, "load_seconds": round(load, 3), "status": "ok"})
     return rows
+
+
+def _cost(run_dir: Path, meta: dict) -> dict[str, int | None]:
+    """Parameters and multiply-accumulates per image of the run's architecture (None without weights)."""
+    if not (run_dir / "model.safetensors").is_file():
+        return {"params": None, "macs": None}
+    from cnndeploy.rundir import load_run
+    from cnndeploy.train.prune import count
+
+    model, _ = load_run(run_dir)
+    return count(model, (meta["channels"], meta["height"], meta["width"]))
 
 
 def _flag_slow_compression(rows: list[dict], parents: dict[str, str]) -> None:
@@ -88,7 +109,7 @@ def run_bench(run_dirs: list[str | os.PathLike], *, backends: list[str], batch_s
     jobs, missing, parents, data = [], [], {}, {}
     for rd in run_dirs:
         meta = read_model_json(rd)
-        data[Path(rd).name] = (meta, dataset_for(meta, data_dir=data_dir))
+        data[Path(rd).name] = (meta, dataset_for(meta, data_dir=data_dir), _cost(Path(rd), meta))
         source = read_json_if_exists(Path(rd) / "prune.json").get("source_run")
         if source:
             parents[Path(rd).name] = Path(source).name
@@ -98,11 +119,13 @@ def run_bench(run_dirs: list[str | os.PathLike], *, backends: list[str], batch_s
     rows: list[dict[str, Any]] = [
         {"variant": f"{run}:-", "backend": b, "precision": None, "batch_size": None, "size_bytes": None,
          "status": f"skipped: no {KIND[b]} file in {run} ({HINT[KIND[b]]})"} for run, b in missing]
+    env = environment(threads)
     for variant, backend in tqdm(jobs, desc="bench", unit="variant", disable=None if progress else True):
-        meta, ds = data[variant.run.name]
-        rows += _rows_for(variant, backend, ds, meta, batch_sizes, threads=threads, min_seconds=min_seconds)
+        meta, ds, cost = data[variant.run.name]
+        rows += _rows_for(variant, backend, ds, meta, batch_sizes, threads=threads, min_seconds=min_seconds,
+                          cost=cost, peaks=env["peak"])
     _flag_slow_compression(rows, parents)
-    _write(Path(out), rows, environment(threads))
+    _write(Path(out), rows, env)
     return rows
 
 
@@ -113,7 +136,7 @@ def _write(out: Path, rows: list[dict], env: dict) -> None:
     for r in rows:
         lines.append(",".join(_csv_cell(r.get(c)) for c in COLUMNS))
     write_bytes_atomic(out / "bench.csv", ("\n".join(lines) + "\n").encode())
-    write_bytes_atomic(out / "bench.md", _markdown(rows, env).encode())
+    write_bytes_atomic(out / "bench.md", bench_markdown(rows, env).encode())
     from cnndeploy.bench.plots import plot_all
 
     plot_all(rows, out)
@@ -122,25 +145,3 @@ def _write(out: Path, rows: list[dict], env: dict) -> None:
 def _csv_cell(value: Any) -> str:
     text = "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
     return '"' + text.replace('"', '""') + '"' if ("," in text or '"' in text) else text
-
-
-def _markdown(rows: list[dict], env: dict) -> str:
-    head = ("| variant | backend | batch | accuracy | p50 ms | p99 ms | images/s | size bytes | "
-            "slower than parent | status |\n|---|---|---|---|---|---|---|---|---|---|")
-    body = []
-    for r in rows:
-        num = (lambda k, f: f.format(r[k]) if r.get(k) is not None else "—")  # noqa: E731
-        body.append(f"| {r['variant']} | {r['backend']} | {r['batch_size']} | {num('accuracy', '{:.2%}')} | "
-                    f"{num('latency_ms_p50', '{:.3f}')} | {num('latency_ms_p99', '{:.3f}')} | "
-                    f"{num('throughput_ips', '{:.1f}')} | {num('size_bytes', '{:.0f}')} | "
-                    f"{_flag(r.get('slower_than_parent'))}"
-                    f" | {r['status']} |")
-    return (f"# Benchmark\n\n{env['cpu']} ({', '.join(env['cpu_flags'])}), {env['cores']} cores, threads "
-            f"{env['threads']}, GPU {env['gpu']['name'] if env['gpu'] else 'none'}, commit {env['git_commit']}, "
-            f"versions {json.dumps(env['versions'])}\n\n" + head + "\n" + "\n".join(body) + "\n\n"
-            "![accuracy vs latency](accuracy_vs_latency.png)\n![size](size.png)\n"
-            "![throughput vs batch size](throughput_vs_batch.png)\n")
-
-
-def _flag(slower: bool | None) -> str:
-    return "**yes**" if slower else "no" if slower is False else "—"

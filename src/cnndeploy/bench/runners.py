@@ -71,6 +71,11 @@ def _trt_runner(variant: Variant) -> Runner:
     return lambda x: engine(torch.from_numpy(x)).cpu().numpy()
 
 
+def on_gpu(backend: str) -> bool:
+    """Whether `backend` computes on the GPU here (torch follows CUDA availability)."""
+    return backend in ("ort-cuda", "ort-trt", "tensorrt") or (backend.startswith("torch") and _cuda())
+
+
 def skip_reason(backend: str, variant: Variant) -> str | None:
     """Why `backend` cannot run `variant` here, or None if it can."""
     if KIND[backend] != variant.kind:

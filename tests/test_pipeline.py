@@ -1,0 +1,112 @@
+"""`cnndeploy pipeline`: every stage once, the report, and make-like resumption after interruptions."""
+
+import json
+import shutil
+
+import pytest
+
+from cnndeploy.cli import main
+from cnndeploy.pipeline import PipelineConfig, parse_epochs, run_pipeline
+from cnndeploy.errors import CnnDeployError
+
+
+def _config(out, data, **kw):
+    return PipelineConfig(dataset="mnist", models=["lenet5"], out=str(out), epochs=1, batch_sizes=[1, 8],
+                          min_seconds=0.05, threads=1, device="cpu", data_dir=str(data), **kw)
+
+
+def _statuses(out):
+    return {s["stage"]: s["status"] for s in json.loads((out / "pipeline.json").read_text())["stages"]}
+
+
+@pytest.fixture(scope="module")
+def done(mini_mnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    assert main(["pipeline", "--dataset", "mnist", "--models", "lenet5", "--epochs", "1", "--batch-sizes", "1,8",
+                 "--min-seconds", "0.05", "--threads", "1", "--device", "cpu", "--out", str(out),
+                 "--data-dir", str(mini_mnist), "--no-progress"]) == 0
+    return out
+
+
+def test_pipeline_runs_every_stage_and_writes_the_report(done):
+    run, pruned = done / "lenet5-mnist", done / "lenet5-mnist-pruned50"
+    for path in (run / "model.onnx", run / "model.int8-cpu.onnx", run / "model.int8-trt.onnx",
+                 pruned / "prune.json", pruned / "model.int8-cpu.onnx", done / "bench" / "bench.json"):
+        assert path.is_file(), path
+    statuses = _statuses(done)
+    assert statuses["lenet5: train"] == "ran" and statuses["bench"] == "ran"
+    trt = [s for name, s in statuses.items() if "TensorRT" in name]
+    assert trt and all(s.startswith("skipped: ") or s == "ran" for s in trt)
+    report = (done / "report.md").read_text()
+    assert "| lenet5 (LeNet) | mnist | 99.110% |" in report          # the paper's cell beside ours
+    assert "not comparable with the paper" in report                 # 2,000-image test subset, said so
+    assert "| pruned 50% INT8 (cpu) | ort |" in report and "| FP32 | torch |" in report
+    assert "## 3. Environment" in report and "bench/accuracy_vs_latency.png" in report
+    rows = json.loads((done / "bench" / "bench.json").read_text())["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["variant"].split(":")[0] for r in ok} == {"lenet5-mnist", "lenet5-mnist-pruned50"}
+    # cost and utilisation columns: the pruned model has fewer MACs, shares are real fractions
+    macs = {r["variant"].split(":")[0]: r["macs"] for r in ok}
+    assert 0 < macs["lenet5-mnist-pruned50"] < macs["lenet5-mnist"]
+    assert all(0 < r["peak_share"] < 1 for r in ok if r["peak_share"] is not None)
+    assert any(r["peak_share"] is not None for r in ok)
+
+
+def test_a_second_call_skips_complete_stages_and_redoes_interrupted_ones(done, mini_mnist):
+    run, pruned = done / "lenet5-mnist", done / "lenet5-mnist-pruned50"
+    weights = (run / "model.safetensors").read_bytes()
+    (run / "model.int8-cpu.onnx").unlink()             # a quant stage that never finished
+    (pruned / "prune.json").unlink()                   # a fine-tune killed before its report
+    run_pipeline(_config(done, mini_mnist), progress=False)
+    statuses = _statuses(done)
+    assert statuses["lenet5: train"] == "complete already"
+    assert statuses["lenet5: export ONNX"] == "complete already"
+    assert statuses["lenet5: INT8 (cpu)"] == "ran" and statuses["lenet5: prune 50% + fine-tune"] == "ran"
+    assert statuses["bench"] == "ran"
+    assert (run / "model.safetensors").read_bytes() == weights   # a finished run is never retrained
+    assert (pruned / "prune.json").is_file() and (run / "model.int8-cpu.onnx").is_file()
+    run_pipeline(_config(done, mini_mnist), progress=False)
+    assert all(s == "complete already" or s.startswith("skipped: ") for s in _statuses(done).values())
+
+
+def test_an_interrupted_training_run_is_resumed(mini_mnist, tmp_path):
+    from cnndeploy.train.fit import TrainConfig, train
+
+    run = tmp_path / "lenet5-mnist"
+    train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), epochs=1, device="cpu",
+                      data_dir=str(mini_mnist)), progress=False)
+    (run / "metrics.json").unlink()                    # killed after the last checkpoint, before metrics
+    cfg = _config(tmp_path, mini_mnist, prune=0.0, backends=["ort"])
+    run_pipeline(cfg, progress=False)
+    assert _statuses(tmp_path)["lenet5: train"] == "ran"
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "lenet5,vgg"], "unknown ['vgg']"),
+    (["--prune", "1.5"], "expected a fraction of channels in [0, 1)"),
+    (["--epochs", "lenet5=x"], "expected N or model=N pairs"),
+    (["--backends", "torch,cuda-magic"], "unknown ['cuda-magic']"),
+])
+def test_bad_pipeline_arguments_fail_with_one_clear_line(args, message, tmp_path, capsys):
+    assert main(["pipeline", "--dataset", "mnist", "--out", str(tmp_path / "p"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_finished_run_with_other_epochs_is_refused_not_overwritten(done, mini_mnist, tmp_path):
+    copy = tmp_path / "p"
+    shutil.copytree(done / "lenet5-mnist", copy / "lenet5-mnist")
+    before = (copy / "lenet5-mnist" / "model.safetensors").read_bytes()
+    with pytest.raises(CnnDeployError, match="trained for 1 epochs, not the 3 asked for"):
+        run_pipeline(PipelineConfig(dataset="mnist", models=["lenet5"], out=str(copy), epochs=3,
+                                    data_dir=str(mini_mnist)), progress=False)
+    assert (copy / "lenet5-mnist" / "model.safetensors").read_bytes() == before
+
+
+def test_epochs_parse_for_all_or_per_model():
+    assert parse_epochs("4", ["lenet5", "alexnet"]) == {"lenet5": 4, "alexnet": 4}
+    assert parse_epochs("alexnet=2", ["lenet5", "alexnet"]) == {"lenet5": None, "alexnet": 2}
+    with pytest.raises(CnnDeployError):
+        parse_epochs("resnet18=2", ["lenet5"])
