@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -9,21 +10,52 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from cnndeploy.errors import CnnDeployError
+
+# Raised by the writer inside the block, these mean the disk refused the file, not a bug.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+class WriteError(CnnDeployError):
+    """An artifact could not be written (disk full, read-only, no permission); the old one is kept."""
+
+
+def write_error(final: Path, e: OSError) -> WriteError:
+    why = e.strerror or str(e) or type(e).__name__
+    return WriteError(f"cannot write {final}: {why}; nothing was written there "
+                      f"(a previous {final.name}, if any, is unchanged). Expected a writable folder "
+                      "with free space")
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds.
+
+    A full disk or a read-only folder becomes one WriteError naming `path`.
+    """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a final file gets the usual mode
-    os.close(fd)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+    except OSError as e:
+        raise write_error(final, e) from None
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:  # flush to disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(tmp_path, final)
+        try:
+            yield tmp_path
+        except OSError as e:
+            if e.errno in DISK_ERRNOS:
+                raise write_error(final, e) from None
+            raise
+        try:
+            with open(tmp_path, "rb+") as f:  # flush to disk before the rename makes it visible
+                os.fsync(f.fileno())
+            # mkstemp makes 0600, and some writers replace the file: set the usual mode last
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, final)
+        except OSError as e:
+            raise write_error(final, e) from None
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -51,6 +83,10 @@ def read_json(path: str | os.PathLike, *, what: str) -> Any:
     if not p.is_file():
         raise CheckpointError(f"{what} not found: {p} (expected a JSON file there)")
     try:
-        return json.loads(p.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = p.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{what} cannot be read: {p} ({e.strerror or e})") from None
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{what} is not valid JSON: {p} ({e})") from None

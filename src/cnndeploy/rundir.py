@@ -7,6 +7,7 @@ safetensors, everything else is JSON, and every failure names the file and what 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from cnndeploy import __version__
 from cnndeploy.errors import CheckpointError
-from cnndeploy.fileio import atomic_path, read_json, write_json_atomic
+from cnndeploy.fileio import DISK_ERRNOS, atomic_path, read_json, write_error, write_json_atomic
 
 WEIGHTS, MODEL_JSON, METRICS, LOG, CURVES = (
     "model.safetensors", "model.json", "metrics.json", "log.jsonl", "curves.png")
@@ -30,12 +31,25 @@ def model_metadata(name: str, model: nn.Module, dataset_meta: dict[str, Any]) ->
             **dataset_meta, "cnndeploy_version": __version__}
 
 
-def save_weights(path: str | os.PathLike, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                     metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file through atomic_path; its I/O errors (a full disk) become WriteError."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # the Rust writer reports ENOSPC as "... (os error 28)"
+            code = re.search(r"os error (\d+)", str(e))
+            if code and int(code[1]) in DISK_ERRNOS:
+                raise write_error(Path(path), OSError(int(code[1]), os.strerror(int(code[1])))) from None
+            raise
+
+
+def save_weights(path: str | os.PathLike, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_safetensors(path, state, metadata)
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -93,6 +107,10 @@ def build_from_metadata(meta: dict[str, Any], where: str) -> nn.Module:
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model of a run directory from model.json + model.safetensors alone."""
     run = Path(run_dir)
+    if run.is_file():
+        raise CheckpointError(f"{run} is a file; expected a run directory made by 'cnndeploy train' "
+                              "(model.json + model.safetensors). PyTorch pickles (.pt, .pth, .bin) are "
+                              "never loaded: unpickling a file can run code")
     if not run.is_dir():
         raise CheckpointError(f"run directory not found: {run} (expected a folder made by "
                               "'cnndeploy train')")

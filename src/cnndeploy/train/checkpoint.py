@@ -14,16 +14,13 @@ import torch
 from torch import nn
 
 from cnndeploy.errors import CheckpointError
-from cnndeploy.fileio import atomic_path
-from cnndeploy.rundir import load_state_dict_checked, load_tensors
+from cnndeploy.rundir import load_state_dict_checked, load_tensors, save_safetensors
 
 FORMAT = "cnndeploy-checkpoint/1"
 
 
 def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for pid, pstate in opt["state"].items():
@@ -34,8 +31,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {"format": FORMAT, "state": json.dumps({**state, "param_groups": opt["param_groups"]})}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(path, tensors, meta)
 
 
 def checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
