@@ -17,7 +17,7 @@ from cnndeploy import rundir
 from cnndeploy.data import ImageDataset, load_dataset
 from cnndeploy.data.device import DeviceSplit, augment_for
 from cnndeploy.devices import pick_device
-from cnndeploy.errors import CnnDeployError
+from cnndeploy.errors import CnnDeployError, TrainingError
 from cnndeploy.fileio import write_bytes_atomic, write_json_atomic
 from cnndeploy.models import create_model, get_spec
 from cnndeploy.train.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
@@ -150,6 +150,15 @@ def _build_model(cfg: TrainConfig, ds: ImageDataset, device: torch.device, *, fr
     return model
 
 
+def _check_finite_weights(model: nn.Module, epoch: int) -> None:
+    """A NaN/Inf gradient in an epoch's last step leaves the loss finite but the weights not."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise TrainingError(f"weights became NaN or infinite during epoch {epoch} ({', '.join(bad[:3])}"
+                            f"{', ...' if len(bad) > 3 else ''}): training stopped and the last good "
+                            "checkpoint was kept; try a lower --lr")
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozenset(),
           progress: bool = True) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.dataset` into the run directory `cfg.out`; returns metrics."""
@@ -200,6 +209,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
                                 batch_size=cfg.batch_size, augment=augment_for(ds.name),
                                 generator=gen, loss_fn=loss_fn, progress=progress)
         t_train = time.perf_counter() - t0
+        _check_finite_weights(model, epoch)  # before anything of this epoch is written
         test = evaluate(step_model, test_split, amp=False)  # reported accuracy: full fp32, as exported
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "lr": stats["lr"], "train_loss": stats["train_loss"],
