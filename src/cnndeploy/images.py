@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 
 from PIL import Image
 
 MAX_PIXELS = 4096 * 4096  # decompression-bomb guard, far below Pillow's own
 FORMATS = ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM"]  # no EPS/PDF: never call Ghostscript
+# What Pillow raises on a damaged file while opening, seeking frames, reading EXIF or decoding
+# (a broken TIFF frame raises TypeError, for one; found by tests/test_reliability_fuzz.py).
+DECODE_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, EOFError, SyntaxError,
+                 ZeroDivisionError, struct.error, Image.DecompressionBombError)
 
 
 def open_image(source: bytes | str | os.PathLike) -> Image.Image:

@@ -50,8 +50,13 @@ def _read(folder: Path) -> ImageDataset | None:
 
 
 def _write(folder: Path, ds: ImageDataset) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as e:  # a read-only or misplaced cache only costs time on the next run
+        log.warning("not caching the decoded dataset in %s (%s); the next run decodes it again",
+                    folder.parent, e.strerror or e)
+        return
     try:
         for k in ARRAYS:
             np.save(tmp / f"{k}.npy", getattr(ds, k), allow_pickle=False)
@@ -60,7 +65,11 @@ def _write(folder: Path, ds: ImageDataset) -> None:
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, folder)  # atomic; fails harmlessly if another process got there first
     except OSError as e:  # a cache we cannot write only costs time on the next run
-        log.debug("not caching %s: %s", folder, e)
+        if folder.is_dir():  # another process stored the same entry first
+            log.debug("not caching %s: %s", folder, e)
+        else:
+            log.warning("not caching the decoded dataset in %s (%s); the next run decodes it again",
+                        folder, e.strerror or e)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

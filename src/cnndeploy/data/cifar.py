@@ -49,12 +49,16 @@ def unpickle_batch(data: bytes, where: str) -> dict:
 def _batch_arrays(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3072 or labels is None or len(labels) != len(data):
+            or data.shape[1] != 3072 or not isinstance(labels, (list, tuple, np.ndarray)) \
+            or len(labels) != len(data):
         raise DatasetError(f"{where}: expected 'data' uint8 [N, 3072] and N 'labels'")
     try:
-        return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
-    except (ValueError, TypeError):
-        raise DatasetError(f"{where}: 'labels' must be integers") from None
+        y = np.asarray(labels, dtype=np.int64)
+    except (ValueError, TypeError, OverflowError):
+        y = None
+    if y is None or y.ndim != 1:
+        raise DatasetError(f"{where}: 'labels' must be N integers")
+    return data.reshape(-1, 3, 32, 32), y
 
 
 def _read_members(source: Path, names: list[str]) -> Callable[[str], bytes]:

@@ -18,11 +18,11 @@ from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cnndeploy.data.types import ImageDataset, channel_stats
 from cnndeploy.errors import DatasetError
-from cnndeploy.images import open_image
+from cnndeploy.images import DECODE_ERRORS, open_image
 
 log = logging.getLogger("cnndeploy")
 
@@ -117,7 +117,7 @@ def _decode(data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:
             if im.size != size:
                 im = im.resize(size, Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except DECODE_ERRORS:
         return None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -131,7 +131,7 @@ def _probe(files: list[tuple[str, bytes]], image_size: int | tuple[int, int] | N
             with open_image(data) as im:
                 modes.add(im.mode)
                 sizes.add(im.size)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        except DECODE_ERRORS:
             continue
     mode = "L" if modes and modes <= GRAY_MODES else "RGB"
     if image_size:
