@@ -45,6 +45,39 @@ def engine_name(precision: str, trt_version: str, capability: tuple[int, int]) -
     return f"model.{precision}.trt{trt_version}.sm{capability[0]}{capability[1]}.engine"
 
 
+MIN_ENGINE_BYTES = 1024  # an empty file, a Git-LFS pointer or an HTML page is no engine
+
+
+def check_engine_file(path: Path, trt_version: str, capability: tuple[int, int]) -> None:
+    """Refuse, before TensorRT reads it, an engine named for another TensorRT or GPU, or a stub file.
+
+    Anything subtler (a truncated body, a renamed file) is left to TensorRT's deserializer,
+    whose None is reported with the same "rebuild the engine" advice.
+    """
+    found = ENGINE_RE.search(path.name)
+    here = (trt_version, f"{capability[0]}{capability[1]}")
+    if found and (found["trt"], found["sm"]) != here:
+        raise TensorRTError(f"{path.name} was built for TensorRT {found['trt']} on sm{found['sm']}; this "
+                            f"machine has TensorRT {here[0]} on sm{here[1]}: rebuild the engine "
+                            "(cnndeploy export RUN_DIR --trt)")
+    if not path.is_file():
+        raise TensorRTError(f"engine not found: {path} (build one with cnndeploy export RUN_DIR --trt)")
+    size = path.stat().st_size
+    if size < MIN_ENGINE_BYTES:
+        raise TensorRTError(f"{path} is truncated or not an engine ({size} bytes): rebuild the engine "
+                            "(cnndeploy export RUN_DIR --trt)")
+
+
+def check_input(shape: tuple[int, ...], dtype: str, expected: tuple[int, ...], max_batch: int) -> None:
+    """An engine's input must be float32 [N, C, H, W] with 1 <= N <= its profile's maximum."""
+    want = f"float32 [N, {', '.join(map(str, expected))}] with N from 1 to {max_batch}"
+    if dtype.replace("torch.", "") != "float32" or len(shape) != 4 or tuple(shape[1:]) != tuple(expected):
+        raise TensorRTError(f"the engine takes {want}; got {dtype.replace('torch.', '')} {list(shape)}")
+    if not 1 <= shape[0] <= max_batch:
+        raise TensorRTError(f"a batch of {shape[0]} is outside the engine's profile: it takes {want}; "
+                            "split the batch, or rebuild the engine for larger batches")
+
+
 def _parse_onnx(trt, builder, logger, onnx_path: Path):
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
@@ -94,12 +127,7 @@ class TensorRTRunner:
     def __init__(self, engine_path: str | os.PathLike) -> None:
         trt = require_tensorrt()
         path = Path(engine_path)
-        found = ENGINE_RE.search(path.name)
-        here = (trt.__version__, "".join(map(str, torch.cuda.get_device_capability())))
-        if found and (found["trt"], found["sm"]) != here:
-            raise TensorRTError(f"{path.name} was built for TensorRT {found['trt']} on sm{found['sm']}; this "
-                                f"machine has TensorRT {here[0]} on sm{here[1]}: rebuild the engine "
-                                "(cnndeploy export RUN_DIR --trt)")
+        check_engine_file(path, trt.__version__, torch.cuda.get_device_capability())
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
@@ -109,9 +137,15 @@ class TensorRTRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.chw = tuple(self.engine.get_tensor_shape(self.input))[1:]
+        try:
+            self.max_batch = int(self.engine.get_tensor_profile_shape(self.input, 0)[2][0])
+        except (AttributeError, IndexError, TypeError, RuntimeError):
+            self.max_batch = MAX_BATCH  # what build_engine sets
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to("cuda", torch.float32).contiguous()
+        check_input(tuple(x.shape), str(x.dtype), self.chw, self.max_batch)
+        x = x.to("cuda").contiguous()
         self.context.set_input_shape(self.input, tuple(x.shape))
         out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), device="cuda",
                           dtype=torch.float32)
@@ -136,9 +170,9 @@ def evaluate_engine(engine_path: str | os.PathLike, *, run_dir: str | os.PathLik
     ds = dataset_for(meta, dataset=dataset, data_dir=data_dir)
     mean = torch.tensor(meta["mean"], device="cuda").view(1, -1, 1, 1)
     std = torch.tensor(meta["std"], device="cuda").view(1, -1, 1, 1)
-    correct = 0
-    for start in range(0, len(ds.test_y), min(batch_size, MAX_BATCH)):
-        x = torch.from_numpy(np.ascontiguousarray(ds.test_x[start:start + min(batch_size, MAX_BATCH)])).cuda()
+    correct, step = 0, min(batch_size, runner.max_batch)
+    for start in range(0, len(ds.test_y), step):
+        x = torch.from_numpy(np.ascontiguousarray(ds.test_x[start:start + step])).cuda()
         logits = runner((x.float() / 255 - mean) / std)
         y = torch.from_numpy(ds.test_y[start:start + len(x)]).cuda()
         correct += int((logits.argmax(1) == y).sum())

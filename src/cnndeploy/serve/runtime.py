@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from cnndeploy.errors import CnnDeployError
-from cnndeploy.images import open_image
+from cnndeploy.images import DECODE_ERRORS, open_image
 
-ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
+ImageLike = Union[Image.Image, str, os.PathLike, bytes, np.ndarray]
 REQUIRED = ("classes", "channels", "height", "width", "mean", "std")
 
 
@@ -38,14 +38,67 @@ def _metadata(props: dict[str, str], where: str, overrides: dict) -> dict:
                              "Pass them explicitly, e.g. Classifier(path, classes=[...], mean=[...], "
                              "std=[...]) (channels/height/width default to the input shape)")
     try:
-        return {"classes": [str(c) for c in json.loads(merged["classes"])],
+        meta = {"classes": [str(c) for c in json.loads(merged["classes"])],
                 "channels": int(merged["channels"]), "height": int(merged["height"]),
                 "width": int(merged["width"]),
-                "mean": np.asarray(json.loads(merged["mean"]), np.float32),
-                "std": np.asarray(json.loads(merged["std"]), np.float32),
+                "mean": np.asarray(json.loads(merged["mean"]), np.float32).reshape(-1),
+                "std": np.asarray(json.loads(merged["std"]), np.float32).reshape(-1),
                 "model": merged.get("model", ""), "dataset": merged.get("dataset", "")}
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:
         raise ModelFileError(f"{where}: malformed metadata ({e})") from None
+    c = meta["channels"]
+    if (not meta["classes"] or c not in (1, 3) or min(meta["height"], meta["width"]) < 1
+            or len(meta["mean"]) != c or len(meta["std"]) != c or not np.isfinite(meta["mean"]).all()
+            or not (meta["std"] > 0).all() or not np.isfinite(meta["std"]).all()):
+        raise ModelFileError(f"{where}: malformed metadata: expected classes (a non-empty list), channels 1 "
+                             f"or 3, positive height/width, and {c} finite mean and positive std values; "
+                             f"got {len(meta['classes'])} classes, channels {c}, {meta['height']}x"
+                             f"{meta['width']}, mean {meta['mean'].tolist()}, std {meta['std'].tolist()}")
+    return meta
+
+
+def _tensors(graph) -> Iterable:
+    """Every TensorProto of an ONNX graph: initializers, attributes, and those of subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX file whose external data lies outside its folder (../, absolute, symlink).
+
+    onnxruntime refuses these too; this is our own check, made first, with our message. It
+    needs the onnx package (a cnndeploy dependency); an app that embeds the runtime without it
+    keeps onnxruntime's check.
+    """
+    try:
+        import onnx
+    except ImportError:
+        return
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a file onnx cannot parse: onnxruntime reports it below
+        return
+    folder = path.resolve().parent
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = folder / location
+        rel = PurePosixPath(location.replace("\\", "/"))
+        if (not location or rel.is_absolute() or ".." in rel.parts or target.is_symlink()
+                or folder not in target.resolve().parents):
+            raise ModelFileError(f"{path} is not a loadable ONNX model (tensor {tensor.name!r} reads its "
+                                 f"data from {location!r}, which is not a plain file inside the model's "
+                                 "folder: refused; expected the weights inside the .onnx file or in a "
+                                 "file beside it)")
 
 
 def _array_to_pil(arr: np.ndarray) -> Image.Image:
@@ -65,14 +118,26 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
 
 
 def _upright_8bit(img: Image.Image) -> Image.Image:
-    """Apply EXIF rotation, take the first frame, and scale 16-bit grey to 8 bits."""
-    img = ImageOps.exif_transpose(img) or img
+    """Take the first frame, apply EXIF rotation, scale 16-bit grey to 8 bits: a decoded copy."""
     if getattr(img, "n_frames", 1) > 1:
         img.seek(0)
-        img = img.copy()
-    if img.mode.startswith("I;16"):
-        img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
-    return img
+    out = ImageOps.exif_transpose(img)  # a decoded copy, rotated if EXIF says so
+    if out is None or out is img:
+        out = img.copy()
+    if out.mode.startswith("I;16"):
+        out = Image.fromarray((np.asarray(out, dtype=np.uint16) >> 8).astype(np.uint8))
+    return out
+
+
+def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """img.convert(mode), through RGB where Pillow has no direct conversion (LAB -> L)."""
+    try:
+        return img.convert(mode)
+    except ValueError:
+        try:
+            return img.convert("RGB").convert(mode)
+        except ValueError as e:
+            raise ImageInputError(f"cannot convert a {img.mode} image to {mode} ({e})") from None
 
 
 class Classifier:
@@ -89,6 +154,7 @@ class Classifier:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"ONNX file not found: {self.path}")
+        check_external_data(self.path)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -104,13 +170,17 @@ class Classifier:
         defaults = {k: v for k, v in zip(("channels", "height", "width"), shape[1:]) if isinstance(v, int)}
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta = _metadata({**{k: str(v) for k, v in defaults.items()}, **props}, str(self.path), metadata)
-        self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
+        out = self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
         self.classes: list[str] = self.meta["classes"]
+        width = out.shape[-1] if out.shape else None
+        if isinstance(width, int) and width != len(self.classes):
+            raise ModelFileError(f"{self.path}: the model outputs {width} logits but its metadata names "
+                                 f"{len(self.classes)} classes; expected one class name per logit")
 
     def preprocess(self, image: ImageLike) -> np.ndarray:
         """Any image -> float32 [C, H, W], resized and normalised as the model was trained."""
-        img = _upright_8bit(self._as_pil(image))
-        img = img.convert("L" if self.meta["channels"] == 1 else "RGB")
+        img = _to_mode(self._as_pil(image), "L" if self.meta["channels"] == 1 else "RGB")
         size = (self.meta["width"], self.meta["height"])
         if img.size != size:
             img = img.resize(size, Image.BILINEAR)
@@ -120,20 +190,31 @@ class Classifier:
 
     @staticmethod
     def _as_pil(image: ImageLike) -> Image.Image:
-        if isinstance(image, Image.Image):
-            return image
+        """An upright 8-bit (or float) PIL image, fully decoded and detached from any file."""
         if isinstance(image, np.ndarray):
             return _array_to_pil(image)
+        if not isinstance(image, (Image.Image, str, os.PathLike, bytes)):
+            raise ImageInputError(f"expected a PIL image, an image path, encoded image bytes or a numpy "
+                                  f"array, got {type(image).__name__}")
         try:
-            with open_image(image) as img:
-                img.load()
-                return img
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ImageInputError(f"{image}: not a readable image ({e})") from None
+            if isinstance(image, Image.Image):
+                return _upright_8bit(image)
+            with open_image(image) as img:  # decode while the file is open (GIF frames need it)
+                return _upright_8bit(img)
+        except DECODE_ERRORS as e:
+            what = (f"{len(image)} bytes" if isinstance(image, bytes) else
+                    f"{image.mode} image of {image.width}x{image.height}" if isinstance(image, Image.Image)
+                    else str(image))
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ImageInputError(f"{what}: not a readable image ({why})") from None
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Run preprocessed float32 NCHW inputs; returns logits [N, num_classes]."""
         expected = (self.meta["channels"], self.meta["height"], self.meta["width"])
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
+            got = batch.dtype if isinstance(batch, np.ndarray) else type(batch).__name__
+            raise ImageInputError(f"expected a float32 numpy batch (preprocessed with preprocess()), "
+                                  f"got {got}")
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
             raise ImageInputError(f"expected a batch shaped [N, {', '.join(map(str, expected))}], "
                                   f"got {list(batch.shape)}")
