@@ -103,9 +103,12 @@ def _cnndeploy(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def straight(mini_mnist, tmp_path_factory) -> dict[str, torch.Tensor]:
-    """Weights of the uninterrupted run that every interrupted one must reproduce."""
+    """Weights of the uninterrupted run that every interrupted one must reproduce. A child
+    process too: in-process, other tests may have changed torch's thread count, and with it
+    the order of float sums."""
     out = tmp_path_factory.mktemp("straight") / "run"
-    train(_cfg(mini_mnist, out), progress=False)
+    proc = _cnndeploy("train", *TRAIN_ARGS, "--data-dir", str(mini_mnist), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
     return rundir.load_tensors(out / rundir.WEIGHTS)[0]
 
 
