@@ -21,11 +21,15 @@ def runs(mini_mnist, tmp_path_factory):
 
 
 def test_bench_writes_every_row_with_accuracy_latency_and_skips(runs, mini_mnist, tmp_path, capsys):
+    import torch
+
     run, pruned = runs
     out = tmp_path / "bench"
+    threads = torch.get_num_threads()
     assert main(["bench", str(run), str(pruned), "--backends", "torch,ort,ort-cuda,tensorrt",
                  "--batch-sizes", "1,8", "--min-seconds", "0.05", "--threads", "1", "--out", str(out),
                  "--data-dir", str(mini_mnist), "--no-progress"]) == 0
+    assert torch.get_num_threads() == threads  # --threads 1 must not leak into the rest of the process
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]
     assert report["environment"]["cores"] >= 1 and report["environment"]["versions"]["onnxruntime"]

@@ -117,6 +117,20 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(mini_mnist, tmp
     assert [json.loads(x)["test_accuracy"] for x in logs[0]] == [json.loads(x)["test_accuracy"] for x in logs[1]]
 
 
+def test_resume_removes_temp_files_a_killed_write_left_behind(mini_mnist, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_after_epochs(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(mini_mnist, out, epochs=2, subset=128), progress=False)
+    stale = out / ".checkpoint.safetensors.k1ll3d.tmp"   # what SIGKILL mid-write leaves
+    stale.write_bytes(b"half a checkpoint")
+    mine = out / ".notes.tmp"                              # not ours: left alone
+    mine.write_text("user file")
+    train(_cfg(mini_mnist, out, epochs=2, subset=128), resume=True, progress=False)
+    assert not stale.exists() and mine.exists() and (out / "metrics.json").is_file()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mini_mnist, tmp_path, monkeypatch):
     real = fit.train_one_epoch
     calls = {"n": 0}

@@ -120,10 +120,16 @@ def run_bench(run_dirs: list[str | os.PathLike], *, backends: list[str], batch_s
         {"variant": f"{run}:-", "backend": b, "precision": None, "batch_size": None, "size_bytes": None,
          "status": f"skipped: no {KIND[b]} file in {run} ({HINT[KIND[b]]})"} for run, b in missing]
     env = environment(threads)
-    for variant, backend in tqdm(jobs, desc="bench", unit="variant", disable=None if progress else True):
-        meta, ds, cost = data[variant.run.name]
-        rows += _rows_for(variant, backend, ds, meta, batch_sizes, threads=threads, min_seconds=min_seconds,
-                          cost=cost, peaks=env["peak"])
+    import torch
+
+    saved_threads = torch.get_num_threads()  # the torch runner sets --threads process-wide: put it back
+    try:
+        for variant, backend in tqdm(jobs, desc="bench", unit="variant", disable=None if progress else True):
+            meta, ds, cost = data[variant.run.name]
+            rows += _rows_for(variant, backend, ds, meta, batch_sizes, threads=threads,
+                              min_seconds=min_seconds, cost=cost, peaks=env["peak"])
+    finally:
+        torch.set_num_threads(saved_threads)
     _flag_slow_compression(rows, parents)
     _write(Path(out), rows, env)
     return rows

@@ -81,6 +81,9 @@ def _prepare_out(out: Path, resume: bool) -> bool:
             raise CnnDeployError(f"--resume: no {rundir.CHECKPOINT} in {out}; nothing to resume")
         if (out / rundir.METRICS).is_file():
             raise CnnDeployError(f"--resume: {out} holds a finished run (metrics.json); nothing to resume")
+        for name in (rundir.CHECKPOINT, rundir.LOG, rundir.WEIGHTS, rundir.MODEL_JSON, rundir.CURVES):
+            for stale in out.glob(f".{name}.*.tmp"):  # half-written by a killed run; never read
+                stale.unlink(missing_ok=True)
         return True
     if (out / rundir.METRICS).is_file() or (out / rundir.WEIGHTS).is_file():
         raise CnnDeployError(f"{out} already holds a trained model; choose another --out "
