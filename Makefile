@@ -16,10 +16,11 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[dev,demo]'
 	touch $@
 
-# Main job: train LeNet-5 on the MNIST subset shipped in data/, then re-measure it from the files.
+# Main job: the whole pipeline (train, prune, ONNX, INT8, TensorRT where present, bench, report.md)
+# for LeNet-5 and AlexNet on the MNIST subset shipped in data/.
 run: $(BIN)/.installed
-	$(BIN)/cnndeploy train --model lenet5 --dataset mnist --data-dir data/mnist-mini --out $(RUN_DIR)
-	$(BIN)/cnndeploy eval $(RUN_DIR) --data-dir data/mnist-mini
+	$(BIN)/cnndeploy pipeline --dataset mnist --data-dir data/mnist-mini --models lenet5,alexnet \
+		--epochs lenet5=6,alexnet=1 --batch-sizes 1,32,256 --out $(RUN_DIR)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
