@@ -57,6 +57,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--download", action="store_true", help="fetch MNIST/CIFAR-10 if missing")
     p.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over the whole global batch")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -69,8 +71,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a run directory to ONNX (validated against PyTorch)")
-    p.add_argument("run_dir")
+    p = sub.add_parser("export", help="export a run directory to ONNX (validated against PyTorch), "
+                                      "TensorRT, or a Triton model repository")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--onnx", action="store_true", help="write RUN_DIR/model.onnx")
     p.add_argument("--trt", action="store_true", help="build a TensorRT engine (needs tensorrt and a GPU)")
     p.add_argument("--fp16", action="store_true", help="with --trt: an fp16 engine")
@@ -79,8 +82,19 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--with-preprocess", action="store_true",
                    help="also write model.uint8.onnx taking uint8 NHWC pixels (normalisation inside)")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (17 or newer)")
-    p.add_argument("--out", help="ONNX path (default RUN_DIR/model.onnx)")
+    p.add_argument("--out", help="ONNX path (default RUN_DIR/model.onnx; one RUN_DIR only)")
     p.add_argument("--data-dir", help="where the test images used for validation are")
+    t = p.add_argument_group("Triton Inference Server", "a model repository with one model per ONNX file "
+                             "and engine of each RUN_DIR (needs tritonclient: pip install 'cnndeploy[triton]')")
+    t.add_argument("--triton-repo", metavar="DIR", help="write (or add to) the model repository DIR")
+    t.add_argument("--max-batch-size", type=_positive_int, default=256, help="Triton's max_batch_size")
+    t.add_argument("--preferred-batch-sizes", type=_int_list, default=[32, 128],
+                   help="dynamic batching's preferred batch sizes")
+    t.add_argument("--max-queue-delay-us", type=int, default=100,
+                   help="how long Triton may wait to fill a preferred batch (microseconds)")
+    t.add_argument("--triton-instances", choices=("cpu", "gpu"), default="cpu",
+                   help="instance kind of the onnxruntime models (TensorRT plans always run on GPU)")
+    t.add_argument("--instance-count", type=_positive_int, default=1, help="model instances (per GPU for gpu)")
 
 
 def _add_quant(sub: argparse._SubParsersAction) -> None:
@@ -202,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args: argparse.Namespace, explicit: set[str]) -> int:
     from pathlib import Path
 
+    from cnndeploy.train.distributed import PeerError, env_rank
     from cnndeploy.train.fit import TrainConfig, train
 
     dataset_tag = Path(args.dataset).name.split(".")[0] or "data"
@@ -209,8 +224,14 @@ def _cmd_train(args: argparse.Namespace, explicit: set[str]) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                       warmup=args.warmup, seed=args.seed, device=args.device, compile=args.compile,
-                      data_dir=args.data_dir, download=args.download, subset=args.subset)
-    metrics = train(cfg, resume=args.resume, explicit=explicit, progress=not args.no_progress)
+                      data_dir=args.data_dir, download=args.download, subset=args.subset,
+                      sync_bn=args.sync_bn)
+    try:
+        metrics = train(cfg, resume=args.resume, explicit=explicit, progress=not args.no_progress)
+    except PeerError:
+        return 2  # a torchrun worker whose rank 0 failed: rank 0 has printed why
+    if env_rank() != 0:
+        return 0  # under torchrun, rank 0 reports for all
     print(f"test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['epochs']} epochs "
           f"({metrics['wall_seconds']:.1f}s) -> {cfg.out}")
     return 0
@@ -236,18 +257,32 @@ def _cmd_eval(args: argparse.Namespace, explicit: set[str]) -> int:
 def _cmd_export(args: argparse.Namespace, explicit: set[str]) -> int:
     from cnndeploy.errors import CnnDeployError
 
-    if not (args.onnx or args.trt):
-        raise CnnDeployError("nothing to export: pass --onnx and/or --trt")
+    if not (args.onnx or args.trt or args.triton_repo):
+        raise CnnDeployError("nothing to export: pass --onnx, --trt and/or --triton-repo DIR")
     if (args.fp16 or args.int8) and not args.trt:
         raise CnnDeployError("--fp16/--int8 choose the TensorRT engine's precision: add --trt")
+    if args.out and len(args.run_dirs) > 1:
+        raise CnnDeployError("--out names one ONNX file: give one RUN_DIR with it")
+    if args.triton_repo:
+        from cnndeploy.export.triton import require_model_config
+
+        require_model_config()  # fail before the slow exports if the repository cannot be checked
     if args.trt:
         from cnndeploy.export.tensorrt import require_tensorrt
 
         require_tensorrt()  # fail before the ONNX export if the engine cannot be built anyway
+    for run_dir in args.run_dirs:
+        _export_one(args, run_dir)
+    if args.triton_repo:
+        _export_triton(args)
+    return 0
+
+
+def _export_one(args: argparse.Namespace, run_dir: str) -> None:
     if args.onnx:
         from cnndeploy.export import export_onnx
 
-        path, report = export_onnx(args.run_dir, out=args.out, opset=args.opset, data_dir=args.data_dir,
+        path, report = export_onnx(run_dir, out=args.out, opset=args.opset, data_dir=args.data_dir,
                                    with_preprocess=args.with_preprocess)
         print(f"{path}: max |logit diff| {report['max_abs_diff']:.2e} vs PyTorch, "
               f"top-1 agreement {100 * report['top1_agreement']:.1f}% at batch sizes {report['batches']}")
@@ -255,8 +290,19 @@ def _cmd_export(args: argparse.Namespace, explicit: set[str]) -> int:
         from cnndeploy.export.tensorrt import build_engine
 
         for precision in [p for p, on in (("fp16", args.fp16), ("int8", args.int8)) if on] or ["fp32"]:
-            print(build_engine(args.run_dir, precision=precision))
-    return 0
+            print(build_engine(run_dir, precision=precision))
+
+
+def _export_triton(args: argparse.Namespace) -> None:
+    from cnndeploy.export.triton import TritonOptions, write_triton_repo
+
+    options = TritonOptions(max_batch_size=args.max_batch_size,
+                            preferred_batch_sizes=tuple(args.preferred_batch_sizes),
+                            max_queue_delay_us=args.max_queue_delay_us, instance_kind=args.triton_instances,
+                            instance_count=args.instance_count)
+    for m in write_triton_repo(args.run_dirs, args.triton_repo, options=options):
+        print(f"{args.triton_repo}/{m['model']}: {m['platform']}, max_batch_size {m['max_batch_size']}, "
+              f"{m['instance_kind']} instances <- {m['file']}")
 
 
 def _cmd_quant(args: argparse.Namespace, explicit: set[str]) -> int:

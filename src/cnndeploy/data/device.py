@@ -30,20 +30,38 @@ def augment_for(dataset: str) -> Augment:
     return Augment(pad=4, flip=dataset == "cifar10")
 
 
-def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+def crop_offsets(n: int, pad: int, generator: torch.Generator, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crop offsets (dy, dx) for `n` images, each of shape [n, 1]."""
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=device)
+    return dy, dx
+
+
+def crop_at(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Crop each image of `x`, padded by `pad` pixels, at its own offset (dy, dx)."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=x.device)
     rows = (dy + torch.arange(h, device=x.device))[:, :, None]          # [n, h, 1]
     cols = (dx + torch.arange(w, device=x.device))[:, None, :]          # [n, 1, w]
     batch = torch.arange(n, device=x.device)[:, None, None]
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2)             # gather -> [n, c, h, w]
 
 
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    return crop_at(x, pad, *crop_offsets(x.shape[0], pad, generator, x.device))
+
+
+def flip_mask(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) < 0.5
+
+
+def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    return flip_where(x, flip_mask(x.shape[0], generator, x.device))
 
 
 class DeviceSplit:
@@ -59,6 +77,10 @@ class DeviceSplit:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 pixels -> (x/255 - mean)/std, the preprocessing every exported model assumes."""
@@ -87,3 +109,58 @@ class DeviceSplit:
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)
         return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
+
+
+class ShardedSplit:
+    """One rank's share of a training split in data-parallel training (`W` ranks, global batch `B`).
+
+    Every rank draws the same global shuffle and the same crop/flip numbers for the whole
+    global batch as `DeviceSplit.batches` does in one process (same generator, same seed, same
+    order of draws), then keeps its slice `[rank*B/W, (rank+1)*B/W)` of each global batch. So
+    the W ranks together see exactly the images, crops and flips of a single-process run with
+    batch B, and the data generator ends each epoch in the same state, which keeps checkpoints
+    interchangeable between world sizes.
+
+    The images stay in host memory; at the start of each epoch the rank copies only its shard
+    of that epoch (1/W of the split) to its device.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, mean, std, device: torch.device,
+                 channels_last: bool = False, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside a world of {world_size}")
+        self.x, self.y = x, y
+        self.device = device
+        self.rank, self.world_size = rank, world_size
+        self._split_args = {"mean": mean, "std": std, "device": device, "channels_last": channels_last}
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def num_batches(self, batch_size: int, drop_last: bool = True) -> int:
+        """Global batches per epoch (optimizer steps); the last partial batch is always dropped."""
+        return len(self) // batch_size
+
+    def local_batch(self, batch_size: int) -> int:
+        if batch_size % self.world_size or len(self) < batch_size:
+            raise ValueError(f"a global batch of {batch_size} cannot be split evenly across "
+                             f"{self.world_size} ranks over {len(self)} images")
+        return batch_size // self.world_size
+
+    def batches(self, batch_size: int, *, generator: torch.Generator, augment: Augment = Augment(),
+                drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's slice of every global batch of `batch_size`, shuffled and augmented."""
+        per = self.local_batch(batch_size)
+        lo, hi = self.rank * per, (self.rank + 1) * per
+        steps = self.num_batches(batch_size)
+        order = torch.randperm(len(self), generator=generator, device=self.device)
+        mine = order[:steps * batch_size].view(steps, batch_size)[:, lo:hi].reshape(-1).cpu().numpy()
+        shard = DeviceSplit(self.x[mine], self.y[mine], **self._split_args)  # this epoch's shard
+        for step in range(steps):
+            x, y = shard.x[step * per:(step + 1) * per], shard.y[step * per:(step + 1) * per]
+            if augment.pad:  # draw for the whole global batch, as one process would, keep our slice
+                dy, dx = crop_offsets(batch_size, augment.pad, generator, self.device)
+                x = crop_at(x, augment.pad, dy[lo:hi], dx[lo:hi])
+            if augment.flip:
+                x = flip_where(x, flip_mask(batch_size, generator, self.device)[lo:hi])
+            yield shard.normalize(x), y

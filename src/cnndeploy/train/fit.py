@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,14 @@ from torch import nn
 
 from cnndeploy import rundir
 from cnndeploy.data import ImageDataset, load_dataset
-from cnndeploy.data.device import DeviceSplit, augment_for
+from cnndeploy.data.device import DeviceSplit, ShardedSplit, augment_for
 from cnndeploy.devices import pick_device
 from cnndeploy.errors import CnnDeployError, TrainingError
 from cnndeploy.fileio import write_bytes_atomic, write_json_atomic
 from cnndeploy.models import create_model, get_spec
+from cnndeploy.train import distributed
 from cnndeploy.train.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from cnndeploy.train.distributed import Dist
 from cnndeploy.train.loop import evaluate, train_one_epoch
 from cnndeploy.train.schedule import lr_at
 
@@ -46,6 +49,7 @@ class TrainConfig:
     subset: int | None = None          # train on a fixed random subset of this many images
     widths: dict | None = None         # non-default layer widths (a pruned model)
     init_weights: str | None = None    # start from these weights (safetensors) instead of random
+    sync_bn: bool = False              # under torchrun on GPUs: BatchNorm over the whole global batch
 
     def resolved(self) -> "TrainConfig":
         """Fill unset hyper-parameters from the model's recipe for this dataset."""
@@ -164,11 +168,52 @@ def _check_finite_weights(model: nn.Module, epoch: int) -> None:
 
 def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozenset(),
           progress: bool = True) -> dict[str, Any]:
-    """Train `cfg.model` on `cfg.dataset` into the run directory `cfg.out`; returns metrics."""
-    out = Path(cfg.out)
+    """Train `cfg.model` on `cfg.dataset` into the run directory `cfg.out`; returns metrics.
+
+    Under torchrun this process is one rank of a data-parallel run (train/distributed.py).
+    """
+    with distributed.session() as dist:
+        return _train(cfg, dist, resume=resume, explicit=explicit, progress=progress and dist.is_main)
+
+
+def _resolve(out: Path, cfg: TrainConfig, resume: bool, explicit: set[str]) -> tuple[dict, bool]:
+    """The config to run (the saved one when resuming), as JSON so rank 0 can send it to the others."""
     resume = _prepare_out(out, resume)
     cfg = _resume_config(out, cfg, explicit) if resume else cfg.resolved()
-    device = pick_device(cfg.device)
+    return dataclasses.asdict(cfg), resume
+
+
+def _splits(ds: ImageDataset, device: torch.device,
+            dist: Dist) -> tuple[DeviceSplit | ShardedSplit, DeviceSplit]:
+    """Training and test splits; in a distributed run each rank's share of them."""
+    args = {"mean": ds.mean, "std": ds.std, "device": device, "channels_last": device.type == "cuda"}
+    if not dist.active:
+        return DeviceSplit(ds.train_x, ds.train_y, **args), DeviceSplit(ds.test_x, ds.test_y, **args)
+    mine = dist.shard(len(ds.test_y))
+    return (ShardedSplit(ds.train_x, ds.train_y, rank=dist.rank, world_size=dist.world_size, **args),
+            DeviceSplit(ds.test_x[mine], ds.test_y[mine], **args))
+
+
+def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     dist: Dist) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Rank 0 reads the checkpoint; the other ranks load the very bytes it read (no shared disk needed)."""
+    if dist.world_size == 1:
+        return load_checkpoint(path, model=model, optimizer=optimizer)
+    data = dist.bytes_from_main(path.read_bytes)
+    if dist.is_main:
+        return load_checkpoint(path, model=model, optimizer=optimizer)
+    with tempfile.TemporaryDirectory(prefix="cnndeploy-ckpt-") as tmp:
+        copy = Path(tmp) / path.name
+        copy.write_bytes(data)
+        return load_checkpoint(copy, model=model, optimizer=optimizer)
+
+
+def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
+           progress: bool) -> dict[str, Any]:
+    out = Path(cfg.out)
+    saved, resuming = dist.from_main(lambda: _resolve(out, cfg, resume, explicit))
+    cfg = TrainConfig(**saved)
+    device = dist.local_device(pick_device(cfg.device))
     t_start = time.perf_counter()
     ds = _subset(load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download),
                  cfg.subset, cfg.seed)
@@ -176,14 +221,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
         raise CnnDeployError(f"--batch-size {cfg.batch_size}: expected at least 2 (BatchNorm needs it)")
     if len(ds.train_y) < 2:
         raise CnnDeployError(f"{ds.path}: {len(ds.train_y)} training image(s); expected at least 2")
+    distributed.check_layout(dist, batch_size=cfg.batch_size, train_images=len(ds.train_y),
+                             test_images=len(ds.test_y))
     log.info("data: %s from %s (%d train / %d test images, %.1fs)", ds.source, ds.path,
              len(ds.train_y), len(ds.test_y), time.perf_counter() - t_start)
+    if dist.active:
+        log.info("data-parallel: %d processes, global batch %d (%d per process), %s", dist.world_size,
+                 cfg.batch_size, cfg.batch_size // dist.world_size, device)
 
-    model = _build_model(cfg, ds, device, from_init=not resume)
+    model = _build_model(cfg, ds, device, from_init=not resuming)
+    model = distributed.sync_batchnorm(model, wanted=cfg.sync_bn, dist=dist, device=device)
     cuda = device.type == "cuda"
-    split_args = {"mean": ds.mean, "std": ds.std, "device": device, "channels_last": cuda}
-    train_split = DeviceSplit(ds.train_x, ds.train_y, **split_args)
-    test_split = DeviceSplit(ds.test_x, ds.test_y, **split_args)
+    train_split, test_split = _splits(ds, device, dist)
     optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=0.9,
                                 nesterov=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -194,48 +243,75 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
     identity = {"source": ds.source, "train_images": len(ds.train_y), "test_images": len(ds.test_y),
                 "classes": ds.classes}
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "seconds_in_epochs": 0.0}
-    if resume:
-        rng, state = load_checkpoint(out / rundir.CHECKPOINT, model=model, optimizer=optimizer)
+    if resuming:
+        rng, state = _load_checkpoint(out / rundir.CHECKPOINT, model, optimizer, dist)
         _check_same_run(state, identity, device, out)
         _set_rng_state(rng, gen, device)
         log.info("resuming %s after epoch %d of %d", out, state["epoch"], cfg.epochs)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = distributed.data_parallel(model, dist, device)
+    step_model = torch.compile(step_model) if cfg.compile else step_model
+    # Evaluation runs on the plain module: DDP's forward is a collective, and the test shards
+    # of the ranks may differ in size by one image.
+    eval_model = model if dist.active else step_model
+    dist.from_main(lambda: _make_dir(out))
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        if dist.active:
+            distributed.seed_rank(cfg.seed, epoch, dist.rank)
+        stats = train_one_epoch(step_model, train_split, optimizer,
+                                lr_at=lambda s: lr_at(s, **schedule), step=state["step"], epoch=epoch,
+                                batch_size=cfg.batch_size, augment=augment_for(ds.name),
+                                generator=gen, loss_fn=loss_fn, progress=progress)
+        stats.update(dist.mean({k: stats[k] for k in ("train_loss", "train_accuracy")}))
+        t_train = time.perf_counter() - t0
+        _check_finite_weights(model, epoch)  # before anything of this epoch is written
+        dist.sync_buffers(model)
+        # reported accuracy: full fp32, as exported; the whole test set, shared out among the ranks
+        test = distributed.evaluate_sharded(evaluate, eval_model, test_split, dist, amp=False)
+        seconds = time.perf_counter() - t0
+        row = _epoch_row(epoch, stats, test, seconds=seconds, train_seconds=t_train, host_timings=not cuda)
+        state.update(epoch=epoch, step=stats["steps"], history=state["history"] + [row], data=identity,
+                     device_type=device.type, world_size=dist.world_size,
+                     seconds_in_epochs=state["seconds_in_epochs"] + seconds, config=dataclasses.asdict(cfg))
+        dist.from_main(lambda: _save_epoch(out, model, optimizer, _rng_state(gen, device), state))
+        log.info("epoch %d/%d  lr %.4f  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.1fs",
+                 epoch, cfg.epochs, row["lr"], row["train_loss"], row["train_accuracy"],
+                 row["test_loss"], row["test_accuracy"], seconds)
+    wall = time.perf_counter() - t_start
+    return dist.from_main(lambda: _finish(out, cfg, model, ds, state, wall=wall, device=device,
+                                          world_size=dist.world_size))
+
+
+def _epoch_row(epoch: int, stats: dict[str, Any], test: dict[str, Any], *, seconds: float,
+               train_seconds: float, host_timings: bool) -> dict[str, Any]:
+    """One line of log.jsonl."""
+    row = {"epoch": epoch, "lr": stats["lr"], "train_loss": stats["train_loss"],
+           "train_accuracy": stats["train_accuracy"], "test_loss": test["loss"],
+           "test_accuracy": test["accuracy"], "seconds": round(seconds, 3),
+           "train_seconds": round(train_seconds, 3), "eval_seconds": round(seconds - train_seconds, 3)}
+    if host_timings:  # host timings mean something only when every op is synchronous
+        row.update(data_seconds=round(stats["data_seconds"], 3),
+                   compute_seconds=round(stats["compute_seconds"], 3))
+    return row
+
+
+def _make_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CnnDeployError(f"cannot create the run directory {out} ({e.strerror})") from None
 
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        stats = train_one_epoch(step_model, train_split, optimizer,
-                                lr_at=lambda s: lr_at(s, **schedule), step=state["step"], epoch=epoch,
-                                batch_size=cfg.batch_size, augment=augment_for(ds.name),
-                                generator=gen, loss_fn=loss_fn, progress=progress)
-        t_train = time.perf_counter() - t0
-        _check_finite_weights(model, epoch)  # before anything of this epoch is written
-        test = evaluate(step_model, test_split, amp=False)  # reported accuracy: full fp32, as exported
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "lr": stats["lr"], "train_loss": stats["train_loss"],
-               "train_accuracy": stats["train_accuracy"], "test_loss": test["loss"],
-               "test_accuracy": test["accuracy"], "seconds": round(seconds, 3),
-               "train_seconds": round(t_train, 3), "eval_seconds": round(seconds - t_train, 3)}
-        if not cuda:  # host timings mean something only when every op is synchronous
-            row.update(data_seconds=round(stats["data_seconds"], 3),
-                       compute_seconds=round(stats["compute_seconds"], 3))
-        state.update(epoch=epoch, step=stats["steps"], history=state["history"] + [row], data=identity,
-                     device_type=device.type,
-                     seconds_in_epochs=state["seconds_in_epochs"] + seconds, config=dataclasses.asdict(cfg))
-        save_checkpoint(out / rundir.CHECKPOINT, model=model, optimizer=optimizer,
-                        rng=_rng_state(gen, device), state=state)
-        write_bytes_atomic(out / rundir.LOG, "".join(json.dumps(r) + "\n" for r in state["history"]).encode())
-        log.info("epoch %d/%d  lr %.4f  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.1fs",
-                 epoch, cfg.epochs, row["lr"], row["train_loss"], row["train_accuracy"],
-                 row["test_loss"], row["test_accuracy"], seconds)
-    return _finish(out, cfg, model, ds, state, wall=time.perf_counter() - t_start, device=device)
+
+def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """The checkpoint, then the log: what --resume and a reader of log.jsonl need after each epoch."""
+    save_checkpoint(out / rundir.CHECKPOINT, model=model, optimizer=optimizer, rng=rng, state=state)
+    write_bytes_atomic(out / rundir.LOG, "".join(json.dumps(r) + "\n" for r in state["history"]).encode())
 
 
 def _finish(out: Path, cfg: TrainConfig, model: nn.Module, ds: ImageDataset, state: dict,
-            *, wall: float, device: torch.device) -> dict[str, Any]:
+            *, wall: float, device: torch.device, world_size: int = 1) -> dict[str, Any]:
     from cnndeploy.train.curves import plot_curves
 
     history = state["history"]
@@ -253,7 +329,7 @@ def _finish(out: Path, cfg: TrainConfig, model: nn.Module, ds: ImageDataset, sta
                                                 / sum(h["train_seconds"] for h in history), 1),
                "params": sum(p.numel() for p in model.parameters()),
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "dataset_source": ds.source,
+               "torch": torch.__version__, "dataset_source": ds.source, "world_size": world_size,
                "config": dataclasses.asdict(cfg)}
     rundir.write_metrics(out, metrics)  # written last: its presence marks a complete run
     return metrics

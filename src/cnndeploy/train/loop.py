@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cnndeploy.data.device import Augment, DeviceSplit
+from cnndeploy.data.device import Augment, DeviceSplit, ShardedSplit
 from cnndeploy.errors import TrainingError
 
 
@@ -28,13 +28,17 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
                             "try a lower --lr")
 
 
-def train_one_epoch(model: nn.Module, split: DeviceSplit, optimizer: torch.optim.Optimizer, *,
+def train_one_epoch(model: nn.Module, split: DeviceSplit | ShardedSplit, optimizer: torch.optim.Optimizer, *,
                     lr_at: Callable[[int], float], step: int, epoch: int, batch_size: int,
                     augment: Augment, generator: torch.Generator, loss_fn: nn.Module,
                     amp: bool = True, progress: bool = True) -> dict:
-    """Train for one pass over `split`; returns loss, accuracy, steps and timings."""
+    """Train for one pass over `split`; returns loss, accuracy, steps and timings.
+
+    `batch_size` is the global batch: a ShardedSplit yields this rank's share of each one, and
+    the loss and accuracy returned are then this rank's.
+    """
     model.train()
-    device = split.x.device
+    device = split.device
     # A GPU step should not wait for the host, so check the loss every few steps there.
     check_every = 1 if device.type == "cpu" else 50
     loss_sum = torch.zeros((), device=device)
