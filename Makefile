@@ -17,10 +17,10 @@ $(BIN)/.installed: pyproject.toml Makefile
 	touch $@
 
 # Main job: the whole pipeline (train, prune, ONNX, INT8, TensorRT where present, bench, report.md)
-# for LeNet-5 and AlexNet on the MNIST subset shipped in data/.
+# for LeNet-5 on the MNIST subset shipped in data/. MODELS=lenet5,alexnet,resnet18 for all three.
+MODELS ?= lenet5
 run: $(BIN)/.installed
-	$(BIN)/cnndeploy pipeline --dataset mnist --data-dir data/mnist-mini --models lenet5,alexnet \
-		--epochs lenet5=6,alexnet=1 --batch-sizes 1,32,256 --out $(RUN_DIR)
+	$(BIN)/cnndeploy pipeline --dataset mnist --data-dir data/mnist-mini --models $(MODELS) --out $(RUN_DIR)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
