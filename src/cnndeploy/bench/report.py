@@ -87,10 +87,10 @@ def _paper_table(runs: list[Path]) -> str:
         lines.append(f"| {meta['model']} ({family(meta['model'])}) | {dataset} | {_fmt(paper, '.3f')}% | "
                      f"{_fmt(None if ours is None else 100 * ours, '.2f')}% | {_fmt(delta, '+.2f')}{verdict} | "
                      f"{_fmt(n, ',')} | {meta.get('dataset_source', '')} |")
-    foot = ("\nThe paper reports its highest test accuracy; ours is the final epoch's, on the whole test "
+    foot = ("\n\nThe paper reports its highest test accuracy; ours is the final epoch's, on the whole test "
             "split, so ours is the stricter number. `cifar10-jpeg` is the JPEG (quality 75) copy of CIFAR-10, "
             "which costs some accuracy against the original images.")
-    return "\n".join(lines) + foot + "".join(f"\n- {n}" for n in sorted(notes)) + "\n"
+    return "\n".join(lines) + foot + "\n" + "".join(f"\n- {n}" for n in sorted(notes)) + "\n"
 
 
 def _label(run: Path, precision: str) -> str:
