@@ -112,11 +112,17 @@ def test_cifar_image_labels(client, runs):
     assert all(set(a["labels"]) <= set(servekit.CLASSES) for a in cifar.values())
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "truncated", "not-an-image", "bomb", "too-many-pixels"])
+@pytest.mark.parametrize("kind", ["corrupt", "random-bytes", "truncated", "not-an-image", "svg", "html", "bomb",
+                                  "too-many-pixels"])
 def test_bad_files_get_one_friendly_message_and_the_server_goes_on(client, tmp_path, kind):
     payloads = {"corrupt": ("x.png", b"\x89PNG\r\n\x1a\n" + os.urandom(200), inputs.NOT_AN_IMAGE),
                 "truncated": ("x.jpg", servekit.truncated_jpeg(), inputs.NOT_AN_IMAGE),
+                "random-bytes": ("x.png", os.urandom(300), inputs.NOT_AN_IMAGE),
                 "not-an-image": ("x.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", inputs.NOT_AN_IMAGE),
+                "svg": ("x.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28">'
+                                 b'<circle cx="14" cy="14" r="9"/></svg>', inputs.NOT_AN_IMAGE),
+                "html": ("x.html", b"<!doctype html><html><body><script>alert(1)</script></body></html>",
+                         inputs.NOT_AN_IMAGE),
                 "bomb": ("x.png", servekit.bomb_png(20000, 20000), inputs.TOO_MANY_PIXELS),
                 "too-many-pixels": ("x.png", servekit.bomb_png(5000, 5000), inputs.TOO_MANY_PIXELS)}
     name, data, message = payloads[kind]
@@ -179,6 +185,44 @@ def test_no_local_path_reaches_the_browser(server, runs, demo):
     # Only Gradio's own cache is served: not the run directories, not the working directory.
     for target in (runs.mnist / "model.onnx", REPO / "README.md"):
         assert httpx.get(f"{url}gradio_api/file={target}").status_code == 403
+    # Relative and encoded traversal out of the served set (issue 6, case 22).
+    for target in ("../../../../etc/passwd", "..%2f..%2f..%2f..%2fetc%2fpasswd", "%2e%2e/%2e%2e/etc/passwd",
+                   "..%252f..%252fetc%252fpasswd", f"/tmp/gradio/../../{REPO.name}/README.md"):
+        response = httpx.get(f"{url}gradio_api/file={target}")
+        assert response.status_code in (403, 404) and "root:" not in response.text
+
+
+def test_a_burst_past_the_queue_gets_queue_full_and_the_server_stays_up(runs, monkeypatch):
+    """Issue 6, case 21: with 1 request at a time and 2 waiting, a burst of 10 is partly refused."""
+    import threading
+    import time
+
+    from gradio_client.utils import QueueError
+
+    demo = Demo(runs.all, max_file_size=servekit.MAX_FILE_SIZE, concurrency=1)
+    release = threading.Event()
+    real = demo.api_classify
+    monkeypatch.setattr(demo, "api_classify", lambda image: (release.wait(10), real(image))[1])  # held busy
+    blocks = build_blocks(demo, max_queue=2, concurrency=1)
+    url = launch(blocks, port=servekit.free_port(), max_file_size=servekit.MAX_FILE_SIZE,
+                 prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        jobs = [client.submit(handle_file(str(servekit.mnist_example(7))), api_name="/classify") for _ in range(10)]
+        time.sleep(3)          # every job has reached the server: 1 running, 2 waiting, the rest refused
+        release.set()
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(job.result(timeout=60)["lenet5-mnist:fp32@ort"]["labels"][0])
+            except QueueError as e:
+                outcomes.append(str(e))
+        assert outcomes.count("7") >= 1 and any("Queue is full" in o for o in outcomes), outcomes
+        assert set(outcomes) <= {"7", "Queue is full! Please try again."}
+        assert _classify(client, servekit.mnist_example(7))["lenet5-mnist:fp32@ort"]["labels"][0] == "7"
+    finally:
+        release.set()
+        blocks.close()
 
 
 def test_limits_and_loopback_defaults(server):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cnndeploy import __version__
-from cnndeploy.bench.peak import cpu_peak, gpu_peak
+from cnndeploy.bench.peak import cpu_peak, gpu_peak, measured_ceiling
 
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")
 PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "numpy")
@@ -77,4 +77,5 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     return {**_cpuinfo(), "cores": os.cpu_count(), "cores_usable": affinity, "threads": threads,
             "gpu": gpu, "python": platform.python_version(), "platform": platform.platform(),
             "versions": _versions(), "git_commit": _git_commit(),
-            "peak": {"cpu": cpu_peak(threads or affinity or 1), "gpu": gpu_peak(gpu["name"]) if gpu else None}}
+            "peak": {"cpu": cpu_peak(threads or affinity or 1, measured_gflops=measured_ceiling(threads or affinity or 1)),
+                     "gpu": gpu_peak(gpu["name"]) if gpu else None}}
