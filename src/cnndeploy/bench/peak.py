@@ -48,7 +48,7 @@ def _fp32_flops_per_cycle(flags: set[str], vendor: str, family: int) -> tuple[in
     return 8, "SSE (no FMA)"
 
 
-def _best_rate(run: Callable[[], Any], flops: float, reps: int = 5) -> float:
+def _best_rate(run: Callable[[], Any], flops: float, reps: int = 10) -> float:
     run()
     best = float("inf")
     for _ in range(reps):

@@ -37,16 +37,28 @@ def plot_all(rows: list[dict], out: Path) -> list[Path]:
     paths = []
     b1 = min(r["batch_size"] for r in ok)
     pts = [r for r in ok if r["batch_size"] == b1]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     xy = [(r["latency_ms_p50"], 100 * r["accuracy"]) for r in pts]
+    runs = sorted({r["variant"].split(":")[0] for r in pts})
+    kinds = sorted({(r["precision"], r["backend"]) for r in pts})
+    markers = "osD^v<>PXh*"
+    colours = plt.get_cmap("tab10")
+    # Colour = run directory, marker = precision x backend: a legend instead of labels that collide.
     for r, (x, y) in zip(pts, xy):
-        ax.scatter(x, y)
-        ax.annotate(f"{r['variant']} [{r['backend']}]", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.scatter(x, y, color=colours(runs.index(r["variant"].split(":")[0]) % 10),
+                   marker=markers[kinds.index((r["precision"], r["backend"])) % len(markers)], s=40)
     front = pareto(xy)
-    ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "k--", lw=1, label="Pareto front")
+    ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "k--", lw=1)
+    for i in front:
+        ax.annotate(f"{pts[i]['variant']} [{pts[i]['backend']}]", xy[i], fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    handles = [plt.Line2D([], [], color=colours(i % 10), marker="o", ls="", label=run) for i, run in enumerate(runs)]
+    handles += [plt.Line2D([], [], color="grey", marker=markers[i % len(markers)], ls="", label=f"{p} [{b}]")
+                for i, (p, b) in enumerate(kinds)]
+    handles.append(plt.Line2D([], [], color="k", ls="--", label="Pareto front (labelled)"))
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set(xscale="log", xlabel=f"p50 latency at batch {b1} (ms, log)", ylabel="test accuracy (%)",
            title="accuracy vs latency")
-    ax.legend()
     paths.append(out / "accuracy_vs_latency.png")
     _save(fig, paths[-1])
 
