@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import socket
 import tarfile
 from dataclasses import dataclass
@@ -92,6 +93,12 @@ def _always_zero(run: Path, out: Path) -> Path:
         (out / name).write_bytes((run / name).read_bytes())
     (out / "prune.json").write_text(json.dumps({"source_run": str(run)}))
     return out
+
+
+def shared_datasets() -> Path | None:
+    """The real datasets ($CNNDEPLOY_DATA, else ../shared/datasets), or None where they are absent."""
+    root = Path(os.environ.get("CNNDEPLOY_DATA") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    return root if root.is_dir() else None
 
 
 @functools.cache

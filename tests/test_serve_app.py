@@ -27,14 +27,9 @@ from cnndeploy.serve.runtime import Classifier  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _shared_datasets() -> Path | None:
-    root = Path(os.environ.get("CNNDEPLOY_DATA") or REPO.parent / "shared" / "datasets")
-    return root if root.is_dir() else None
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, mini_mnist) -> servekit.Runs:
-    return servekit.trained_runs(tmp_path_factory.getbasetemp() / "serve-runs", mini_mnist, _shared_datasets())
+    return servekit.trained_runs(tmp_path_factory.getbasetemp() / "serve-runs", mini_mnist, servekit.shared_datasets())
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,9 @@ ARTIFACTS = Path(os.environ.get("CNNDEPLOY_TEST_ARTIFACTS") or REPO / "results" 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
-def _shared_datasets() -> Path | None:
-    root = Path(os.environ.get("CNNDEPLOY_DATA") or REPO.parent / "shared" / "datasets")
-    return root if root.is_dir() else None
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, mini_mnist) -> servekit.Runs:
-    return servekit.trained_runs(tmp_path_factory.getbasetemp() / "serve-runs", mini_mnist, _shared_datasets())
+    return servekit.trained_runs(tmp_path_factory.getbasetemp() / "serve-runs", mini_mnist, servekit.shared_datasets())
 
 
 @pytest.fixture(scope="module")
