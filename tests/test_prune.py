@@ -53,3 +53,24 @@ def test_prune_cli_writes_a_run_that_every_command_takes(mini_mnist, tmp_path, c
 def test_amount_outside_zero_one_is_refused(amount, tmp_path, capsys):
     assert main(["prune", str(tmp_path), "--amount", amount]) == 2
     assert "expected a fraction of channels in (0, 1)" in capsys.readouterr().err
+
+
+def test_bn_recalibration_replaces_stale_running_statistics():
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from cnndeploy.data.device import DeviceSplit
+    from cnndeploy.train.prune import recalibrate_bn
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    bn = model[1]
+    bn.running_mean.fill_(100.0)                      # stale: what pruning leaves behind
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 1, 8, 8), dtype=np.uint8)
+    split = DeviceSplit(pixels, np.zeros(64, np.int64), mean=(0.5,), std=(0.25,), device=torch.device("cpu"))
+    recalibrate_bn(model, split, batch_size=16)
+    with torch.no_grad():
+        x = torch.cat([x for x, _ in split.batches(64)])
+        expected = model[0](x).mean(dim=(0, 2, 3))
+    assert torch.allclose(bn.running_mean, expected, atol=1e-4)
+    assert bn.momentum == 0.1 and not model.training   # restored for fine-tuning and eval

@@ -57,6 +57,36 @@ def _taylor_gradients(model: nn.Module, split: DeviceSplit, batches: int = 8) ->
         loss_fn(model(x), y).backward()
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split: DeviceSplit, batch_size: int = 256) -> None:
+    """Re-estimate BatchNorm running statistics of a freshly pruned model on training images.
+
+    Removing channels changes every downstream activation distribution, so the old running
+    means/variances are wrong until fine-tuning replaces them; a forward pass over a few
+    thousand training images (cumulative average, no gradient) fixes them first.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    for x, _ in split.batches(batch_size):
+        model(x)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    model.eval()
+
+
+def calibration_split(ds, meta: dict, n: int = 2048, seed: int = 0) -> DeviceSplit:
+    """A fixed random subset of the training split (datasets read from folders are class-sorted)."""
+    idx = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(seed))[:n].numpy()
+    return DeviceSplit(ds.train_x[idx], ds.train_y[idx], mean=meta["mean"], std=meta["std"],
+                       device=torch.device("cpu"))
+
+
 def prune_model(model: nn.Module, shape: tuple[int, int, int], *, amount: float, method: str,
                 round_to: int | None, calib: DeviceSplit | None = None) -> nn.Module:
     """Remove `amount` of the channels of every prunable group, in place."""
@@ -96,9 +126,9 @@ def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
     shape = (meta["channels"], meta["height"], meta["width"])
     test = DeviceSplit(ds.test_x, ds.test_y, mean=meta["mean"], std=meta["std"], device=torch.device("cpu"))
     before = {**count(model, shape), "test_accuracy": evaluate(model, test)["accuracy"]}
-    calib = DeviceSplit(ds.train_x[:1024], ds.train_y[:1024], mean=meta["mean"], std=meta["std"],
-                        device=torch.device("cpu"))
+    calib = calibration_split(ds, meta)
     prune_model(model, shape, amount=amount, method=method, round_to=round_to, calib=calib)
+    recalibrate_bn(model, calib)
     pruned = {**count(model, shape), "test_accuracy": evaluate(model, test)["accuracy"]}
     log.info("pruned %s: MACs %.1fM -> %.1fM, params %.2fM -> %.2fM, accuracy %.4f -> %.4f before fine-tune",
              meta["model"], before["macs"] / 1e6, pruned["macs"] / 1e6, before["params"] / 1e6,
