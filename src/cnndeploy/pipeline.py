@@ -75,7 +75,7 @@ def parse_epochs(text: str | int | None, models: list[str]) -> dict[str, int | N
 
 
 def _check(cfg: PipelineConfig) -> dict[str, int | None]:
-    from cnndeploy.bench.runners import BACKENDS
+    from cnndeploy.bench.runners import check_backends
     from cnndeploy.models import list_models
 
     unknown = [m for m in cfg.models if m not in list_models()]
@@ -85,9 +85,7 @@ def _check(cfg: PipelineConfig) -> dict[str, int | None]:
         raise CnnDeployError(f"--models {','.join(cfg.models)}: a model is named twice")
     if not 0 <= cfg.prune < 1:
         raise CnnDeployError(f"--prune {cfg.prune}: expected a fraction of channels in [0, 1) (0 skips pruning)")
-    bad = sorted(set(cfg.backends) - set(BACKENDS))
-    if bad or not cfg.backends:
-        raise CnnDeployError(f"--backends: unknown {bad}; expected some of {', '.join(BACKENDS)}")
+    check_backends(cfg.backends)
     return parse_epochs(cfg.epochs, cfg.models)
 
 

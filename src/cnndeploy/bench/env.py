@@ -10,19 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from cnndeploy import __version__
-from cnndeploy.bench.peak import cpu_peak, gpu_peak, measured_ceiling
+from cnndeploy.bench.peak import cpu_peak, cpuinfo_fields, gpu_peak, measured_ceiling
 
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")
 PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "numpy")
 
 
 def _cpuinfo() -> dict[str, Any]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    fields = cpuinfo_fields()
+    if fields is None:
         return {"cpu": platform.processor() or platform.machine(), "cpu_flags": []}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = set(fields.get("flags", "").split())
     return {"cpu": fields.get("model name", platform.machine()),
             "cpu_flags": [f for f in CPU_FLAGS if f in flags]}

@@ -14,7 +14,7 @@ from cnndeploy.bench.env import environment
 from cnndeploy.bench.memory import track
 from cnndeploy.bench.peak import peak_for, utilisation
 from cnndeploy.bench.report import bench_markdown
-from cnndeploy.bench.runners import KIND, Runner, make_runner, on_gpu, skip_reason
+from cnndeploy.bench.runners import KIND, Runner, check_backends, make_runner, on_gpu, skip_reason
 from cnndeploy.bench.timing import measure
 from cnndeploy.bench.variants import Variant, discover
 from cnndeploy.data import dataset_for
@@ -76,15 +76,6 @@ def _rows_for(variant: Variant, backend: str, ds, meta: dict, batch_sizes: list[
     return rows
 
 
-def _cost(run_dir: Path, meta: dict) -> dict[str, int | None]:
-    """Parameters and multiply-accumulates per image of the run's architecture (None without weights)."""
-    if not (run_dir / "model.safetensors").is_file():
-        return {"params": None, "macs": None}
-    from cnndeploy.rundir import load_run
-    from cnndeploy.train.prune import count
-
-    model, _ = load_run(run_dir)
-    return count(model, (meta["channels"], meta["height"], meta["width"]))
 
 
 def _flag_slow_compression(rows: list[dict], parents: dict[str, str]) -> None:
@@ -106,10 +97,13 @@ def _flag_slow_compression(rows: list[dict], parents: dict[str, str]) -> None:
 def run_bench(run_dirs: list[str | os.PathLike], *, backends: list[str], batch_sizes: list[int],
               threads: int | None = None, out: str | os.PathLike = "bench", data_dir: str | None = None,
               min_seconds: float = 1.0, progress: bool = True) -> list[dict[str, Any]]:
+    from cnndeploy.train.prune import run_cost
+
+    check_backends(backends)
     jobs, missing, parents, data = [], [], {}, {}
     for rd in run_dirs:
         meta = read_model_json(rd)
-        data[Path(rd).name] = (meta, dataset_for(meta, data_dir=data_dir), _cost(Path(rd), meta))
+        data[Path(rd).name] = (meta, dataset_for(meta, data_dir=data_dir), run_cost(rd))
         source = read_json_if_exists(Path(rd) / "prune.json").get("source_run")
         if source:
             parents[Path(rd).name] = Path(source).name

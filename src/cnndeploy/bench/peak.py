@@ -25,6 +25,20 @@ GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
 ]
 
 
+def cpuinfo_fields(text: str | None = None) -> dict[str, str] | None:
+    """/proc/cpuinfo's first processor block as a dict (None where there is no such file)."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def _cpu_clock_ghz(cpuinfo: dict[str, str]) -> float | None:
     """The highest nominal clock the OS exposes (cpufreq max, else /proc/cpuinfo's current MHz)."""
     try:
@@ -107,13 +121,9 @@ def measured_ceiling(threads: int) -> float | None:
 def cpu_peak(threads: int, cpuinfo_text: str | None = None, measured_gflops: float | None = None) -> dict[str, Any]:
     """FP32 GFLOP/s and INT8 GOP/s of `threads` cores: vector units x clock, the clock raised to
     what `measured_gflops` (measured_ceiling() on the same threads) implies when that is higher."""
-    if cpuinfo_text is None:
-        try:
-            cpuinfo_text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return {"fp32_gflops": None, "int8_gops": None, "basis": "no /proc/cpuinfo"}
-    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in cpuinfo_text.splitlines()
-                                                if ":" in line)}
+    fields = cpuinfo_fields(cpuinfo_text)
+    if fields is None:
+        return {"fp32_gflops": None, "int8_gops": None, "basis": "no /proc/cpuinfo"}
     flags = set(fields.get("flags", "").split())
     ghz = _cpu_clock_ghz(fields)
     if ghz is None:

@@ -20,6 +20,16 @@ KIND = {"torch": "weights", "torch-compile": "weights", "ort": "onnx", "ort-cuda
         "ort-trt": "onnx", "tensorrt": "engine"}
 
 
+def check_backends(backends: list[str]) -> list[str]:
+    """The backends as given, or one error naming the unknown ones (raised before any work)."""
+    from cnndeploy.errors import CnnDeployError
+
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown or not backends:
+        raise CnnDeployError(f"--backends: unknown {unknown}; expected some of {', '.join(BACKENDS)}")
+    return backends
+
+
 def _cuda() -> bool:
     import torch
 

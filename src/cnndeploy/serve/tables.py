@@ -77,14 +77,14 @@ def _accuracy(variant: Variant) -> tuple[float | None, int | None]:
 def _complexity(run: Path) -> dict[str, int]:
     """Parameters and MACs of a run's network (torch-pruning's count), or prune.json's record."""
     try:
-        from cnndeploy.rundir import load_run
-        from cnndeploy.train.prune import count
+        from cnndeploy.train.prune import run_cost
 
-        model, meta = load_run(run, "cpu")
-        return count(model, (meta["channels"], meta["height"], meta["width"]))
-    except Exception as e:  # missing weights or torch-pruning: the table shows a dash instead
+        cost = run_cost(run)
+        if cost["params"] is not None:
+            return cost
+    except Exception as e:  # unreadable weights or no torch-pruning: fall back to prune.json, else a dash
         log.info("no parameter count for %s: %s", run.name, str(e).splitlines()[0][:200])
-        return read_json_if_exists(run / "prune.json").get("after_finetune", {})
+    return read_json_if_exists(run / "prune.json").get("after_finetune", {})
 
 
 def _pct(x: float | None) -> float | None:

@@ -38,6 +38,15 @@ def count(model: nn.Module, shape: tuple[int, int, int]) -> dict[str, int]:
     return {"macs": int(macs), "params": int(params)}
 
 
+def run_cost(run_dir: str | os.PathLike) -> dict[str, int | None]:
+    """Parameters and multiply-accumulates per image of a run directory's network (None without weights)."""
+    run = Path(run_dir)
+    if not (run / rundir.WEIGHTS).is_file():
+        return {"params": None, "macs": None}
+    model, meta = rundir.load_run(run)
+    return count(model, (meta["channels"], meta["height"], meta["width"]))
+
+
 def _importance(method: str):
     import torch_pruning as tp
 
