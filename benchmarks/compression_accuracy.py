@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--amount", type=float, default=0.5)
+    ap.add_argument("--precision", default="auto", help="train/fine-tune compute (bf16: CPUs with AVX512-BF16)")
     ap.add_argument("--data-dir", default=os.environ.get("CNNDEPLOY_DATA", str(REPO.parent / "shared/datasets")))
     ap.add_argument("--work", help="keep the run directories here (default: a temporary folder)")
     args = ap.parse_args()
@@ -49,7 +50,7 @@ def main() -> None:
     run, d = work / f"{args.model}-cifar10", args.data_dir
     t0 = time.perf_counter()
     cli("train", "--model", args.model, "--dataset", "cifar10", "--epochs", str(args.epochs), "--data-dir", d,
-        "--out", str(run), "--no-progress", "--device", "cpu")
+        "--out", str(run), "--no-progress", "--device", "cpu", "--precision", args.precision)
     cli("export", str(run), "--onnx", "--data-dir", d)
     for target in ("cpu", "tensorrt"):
         cli("quant", str(run), "--target", target, "--data-dir", d)
@@ -64,6 +65,7 @@ def main() -> None:
     acc = {name: onnx_accuracy(path, d) for name, path in files.items()}
     base = acc["fp32"]
     result = {"model": args.model, "dataset": "cifar10 (JPEG copy)", "epochs": args.epochs,
+              "precision": args.precision,
               "prune_amount": args.amount, "finetune_epochs": prune_report["finetune_epochs"],
               "accuracy": acc, "drop_points": {k: round(100 * (base - v), 2) for k, v in acc.items()},
               "size_bytes": {k: p.stat().st_size for k, p in files.items()},

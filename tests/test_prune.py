@@ -74,3 +74,10 @@ def test_bn_recalibration_replaces_stale_running_statistics():
         expected = model[0](x).mean(dim=(0, 2, 3))
     assert torch.allclose(bn.running_mean, expected, atol=1e-4)
     assert bn.momentum == 0.1 and not model.training   # restored for fine-tuning and eval
+
+
+@pytest.mark.parametrize("trained,finetune", [(1, 1), (6, 1), (8, 1), (10, 2), (14, 2), (40, 8)])
+def test_default_finetune_is_at_most_a_fifth_of_the_training(trained, finetune):
+    from cnndeploy.train.prune import default_finetune_epochs
+
+    assert default_finetune_epochs(trained) == finetune

@@ -291,3 +291,42 @@ def test_out_that_is_a_file(mini_mnist, tmp_path, capsys):
 def _nothing():
     import contextlib
     return contextlib.nullcontext()
+
+
+def test_autocast_follows_precision_on_cpu():
+    from cnndeploy.train.loop import autocast_for, uses_bf16
+
+    cpu = torch.device("cpu")
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    with autocast_for(cpu, "bf16"):
+        assert conv(x).dtype == torch.bfloat16
+    for precision in ("auto", "fp32"):  # CPU stays fp32 unless bf16 is asked for
+        with autocast_for(cpu, precision):
+            assert conv(x).dtype == torch.float32
+    assert uses_bf16(torch.device("cuda"), "auto") and not uses_bf16(torch.device("cuda"), "fp32")
+    with pytest.raises(ValueError, match="expected one of auto, fp32, bf16"):
+        uses_bf16(cpu, "fp16")
+
+
+def test_bf16_training_on_cpu_saves_fp32_weights_and_pruning_inherits_it(mini_mnist, tmp_path, capsys):
+    run = tmp_path / "bf16"
+    assert main(["train", "--model", "lenet5", "--dataset", "mnist", "--data-dir", str(mini_mnist),
+                 "--epochs", "1", "--subset", "1024", "--precision", "bf16", "--device", "cpu",
+                 "--out", str(run), "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["precision"] == "bf16"
+    weights = _weights(run)
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    fp32 = train(_cfg(mini_mnist, tmp_path / "fp32", epochs=1, subset=1024), progress=False)
+    assert fp32["config"]["precision"] == "auto"
+    # Same seed and data: only the arithmetic differs, so the weights must too.
+    assert any(not torch.equal(weights[k], _weights(tmp_path / "fp32")[k]) for k in weights)
+    # Reported accuracy is an fp32 evaluation: `eval` of the saved weights measures the same.
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data-dir", str(mini_mnist)]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] == metrics["test_accuracy"]
+    assert main(["prune", str(run), "--amount", "0.5", "--round-to", "0", "--data-dir", str(mini_mnist),
+                 "--no-progress"]) == 0
+    report = json.loads((tmp_path / "bf16-pruned50" / "prune.json").read_text())
+    assert report["finetune_precision"] == "bf16" and report["finetune_epochs"] == 1

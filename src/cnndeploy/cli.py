@@ -52,6 +52,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="training compute; auto: bf16 on CUDA, fp32 on CPU (bf16 there pays on "
+                        "CPUs with AVX512-BF16/AMX); evaluation is always fp32")
     p.add_argument("--subset", type=_positive_int, help="train on a fixed random subset of N images")
     p.add_argument("--data-dir")
     p.add_argument("--download", action="store_true", help="fetch MNIST/CIFAR-10 if missing")
@@ -117,12 +120,14 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir")
     p.add_argument("--amount", type=float, required=True, help="fraction of channels to remove, in (0, 1)")
     p.add_argument("--method", default="l2", choices=("l1", "l2", "taylor"))
-    p.add_argument("--finetune-epochs", type=int, help="default: 20%% of the original run's epochs")
+    p.add_argument("--finetune-epochs", type=int, help="default: 20%% of the original run's epochs, rounded down, at least 1")
     p.add_argument("--lr", type=_positive_float, help="fine-tune peak lr (default: a quarter of the original)")
     p.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (0: off)")
     p.add_argument("--out", help="default: RUN_DIR-pruned<percent>")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="fine-tune compute (default: the original run's)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -171,7 +176,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default="lenet5,alexnet,resnet18", help="comma list of models")
     p.add_argument("--epochs", help="N for every model, or per model: lenet5=6,resnet18=2 (default: recipes)")
     p.add_argument("--prune", type=float, default=0.5, help="fraction of channels to prune (0: skip pruning)")
-    p.add_argument("--finetune-epochs", type=int, help="default: 20%% of each model's epochs")
+    p.add_argument("--finetune-epochs", type=int, help="default: 20%% of each model's epochs, rounded down, at least 1")
     p.add_argument("--backends", default="torch,ort,ort-cuda,tensorrt",
                    help="bench backends; absent ones appear as skipped rows")
     p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256])
@@ -225,7 +230,7 @@ def _cmd_train(args: argparse.Namespace, explicit: set[str]) -> int:
                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                       warmup=args.warmup, seed=args.seed, device=args.device, compile=args.compile,
                       data_dir=args.data_dir, download=args.download, subset=args.subset,
-                      sync_bn=args.sync_bn)
+                      sync_bn=args.sync_bn, precision=args.precision)
     try:
         metrics = train(cfg, resume=args.resume, explicit=explicit, progress=not args.no_progress)
     except PeerError:
@@ -321,7 +326,7 @@ def _cmd_prune(args: argparse.Namespace, explicit: set[str]) -> int:
 
     r = prune_run(args.run_dir, amount=args.amount, method=args.method, finetune_epochs=args.finetune_epochs,
                   round_to=args.round_to, out=args.out, lr=args.lr, data_dir=args.data_dir,
-                  device=args.device, progress=not args.no_progress)
+                  device=args.device, precision=args.precision, progress=not args.no_progress)
     b, p, f = r["before"], r["pruned_before_finetune"], r["after_finetune"]
     print(f"MACs {b['macs'] / 1e6:.2f}M -> {p['macs'] / 1e6:.2f}M ({r['macs_reduction']:.2f}x fewer), "
           f"params {b['params'] / 1e6:.3f}M -> {p['params'] / 1e6:.3f}M; test accuracy "

@@ -17,14 +17,14 @@ from torch import nn
 from cnndeploy import rundir
 from cnndeploy.data import ImageDataset, load_dataset
 from cnndeploy.data.device import DeviceSplit, ShardedSplit, augment_for
-from cnndeploy.devices import pick_device
+from cnndeploy.devices import cpu_has_bf16, pick_device
 from cnndeploy.errors import CnnDeployError, TrainingError
 from cnndeploy.fileio import write_bytes_atomic, write_json_atomic
 from cnndeploy.models import create_model, get_spec
 from cnndeploy.train import distributed
 from cnndeploy.train.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from cnndeploy.train.distributed import Dist
-from cnndeploy.train.loop import evaluate, train_one_epoch
+from cnndeploy.train.loop import evaluate, train_one_epoch, uses_bf16
 from cnndeploy.train.schedule import lr_at
 
 log = logging.getLogger("cnndeploy")
@@ -50,6 +50,7 @@ class TrainConfig:
     widths: dict | None = None         # non-default layer widths (a pruned model)
     init_weights: str | None = None    # start from these weights (safetensors) instead of random
     sync_bn: bool = False              # under torchrun on GPUs: BatchNorm over the whole global batch
+    precision: str = "auto"            # training compute: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16
 
     def resolved(self) -> "TrainConfig":
         """Fill unset hyper-parameters from the model's recipe for this dataset."""
@@ -151,10 +152,16 @@ def _build_model(cfg: TrainConfig, ds: ImageDataset, device: torch.device, *, fr
     if cfg.init_weights and from_init:
         rundir.load_state_dict_checked(model, rundir.load_tensors(cfg.init_weights)[0], cfg.init_weights)
     model = model.to(device)
-    if device.type == "cuda":
+    if _channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return model
+
+
+def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """NHWC is what cuDNN and oneDNN's bf16 kernels want (1.2-1.3x on CPU, BENCHMARKS.md)."""
+    return device.type == "cuda" or uses_bf16(device, cfg.precision)
 
 
 def _check_finite_weights(model: nn.Module, epoch: int) -> None:
@@ -183,10 +190,10 @@ def _resolve(out: Path, cfg: TrainConfig, resume: bool, explicit: set[str]) -> t
     return dataclasses.asdict(cfg), resume
 
 
-def _splits(ds: ImageDataset, device: torch.device,
-            dist: Dist) -> tuple[DeviceSplit | ShardedSplit, DeviceSplit]:
+def _splits(ds: ImageDataset, device: torch.device, dist: Dist,
+            channels_last: bool) -> tuple[DeviceSplit | ShardedSplit, DeviceSplit]:
     """Training and test splits; in a distributed run each rank's share of them."""
-    args = {"mean": ds.mean, "std": ds.std, "device": device, "channels_last": device.type == "cuda"}
+    args = {"mean": ds.mean, "std": ds.std, "device": device, "channels_last": channels_last}
     if not dist.active:
         return DeviceSplit(ds.train_x, ds.train_y, **args), DeviceSplit(ds.test_x, ds.test_y, **args)
     mine = dist.shard(len(ds.test_y))
@@ -232,7 +239,9 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
     model = _build_model(cfg, ds, device, from_init=not resuming)
     model = distributed.sync_batchnorm(model, wanted=cfg.sync_bn, dist=dist, device=device)
     cuda = device.type == "cuda"
-    train_split, test_split = _splits(ds, device, dist)
+    train_split, test_split = _splits(ds, device, dist, _channels_last(cfg, device))
+    if uses_bf16(device, cfg.precision) and device.type == "cpu" and not cpu_has_bf16():
+        log.warning("--precision bf16 on a CPU without AVX512-BF16/AMX: emulated, likely slower than fp32")
     optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=0.9,
                                 nesterov=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -262,7 +271,7 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
         stats = train_one_epoch(step_model, train_split, optimizer,
                                 lr_at=lambda s: lr_at(s, **schedule), step=state["step"], epoch=epoch,
                                 batch_size=cfg.batch_size, augment=augment_for(ds.name),
-                                generator=gen, loss_fn=loss_fn, progress=progress)
+                                generator=gen, loss_fn=loss_fn, precision=cfg.precision, progress=progress)
         stats.update(dist.mean({k: stats[k] for k in ("train_loss", "train_accuracy")}))
         t_train = time.perf_counter() - t0
         _check_finite_weights(model, epoch)  # before anything of this epoch is written

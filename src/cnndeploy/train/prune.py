@@ -113,6 +113,11 @@ def prune_model(model: nn.Module, shape: tuple[int, int, int], *, amount: float,
     return model
 
 
+def default_finetune_epochs(trained_epochs: int) -> int:
+    """At most 20% of the original training (the budget the accuracy targets are stated for), at least 1."""
+    return max(1, trained_epochs // 5)
+
+
 def _default_out(run: Path, amount: float) -> Path:
     return run.with_name(f"{run.name}-pruned{round(100 * amount)}")
 
@@ -120,7 +125,7 @@ def _default_out(run: Path, amount: float) -> Path:
 def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
               finetune_epochs: int | None = None, round_to: int | None = 8, out: str | None = None,
               lr: float | None = None, data_dir: str | None = None, device: str = "auto",
-              progress: bool = True) -> dict[str, Any]:
+              precision: str | None = None, progress: bool = True) -> dict[str, Any]:
     if not 0 < amount < 1:
         raise CnnDeployError(f"--amount {amount}: expected a fraction of channels in (0, 1)")
     if method not in METHODS:
@@ -144,17 +149,19 @@ def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
              pruned["params"] / 1e6, before["test_accuracy"], pruned["test_accuracy"])
 
     original = rundir.read_json_if_exists(run / rundir.METRICS).get("config", {})
-    epochs = finetune_epochs if finetune_epochs is not None else max(
-        1, round(0.2 * (original.get("epochs") or get_spec(meta["model"]).recipe(meta["dataset"]).epochs)))
+    epochs = finetune_epochs if finetune_epochs is not None else default_finetune_epochs(
+        original.get("epochs") or get_spec(meta["model"]).recipe(meta["dataset"]).epochs)
     recipe_lr = original.get("lr") or get_spec(meta["model"]).recipe(meta["dataset"]).lr
     init = out_dir / "pruned-init.safetensors"
     cfg = TrainConfig(model=meta["model"], dataset=dataset, out=str(out_dir), epochs=epochs,
                       lr=lr or recipe_lr / 4, batch_size=original.get("batch_size"), device=device,
-                      data_dir=data_dir, widths=model.widths(), init_weights=str(init))
+                      data_dir=data_dir, widths=model.widths(), init_weights=str(init),
+                      precision=precision or original.get("precision", "auto"))
     rundir.save_weights(init, model)
     metrics = train(cfg, progress=progress)
     report = {"source_run": str(run), "amount": amount, "method": method, "round_to": round_to,
-              "finetune_epochs": epochs, "finetune_lr": cfg.lr, "before": before,
+              "finetune_epochs": epochs, "finetune_lr": cfg.lr, "finetune_precision": cfg.precision,
+              "before": before,
               "pruned_before_finetune": pruned, "after_finetune": {**count(model, shape),
                                                                    "test_accuracy": metrics["test_accuracy"]},
               "macs_reduction": round(before["macs"] / pruned["macs"], 3),
