@@ -3,6 +3,7 @@
     python benchmarks/cpu_train.py lenet      # default `cnndeploy train` of LeNet-5 on MNIST, wall time
     python benchmarks/cpu_train.py resnet20   # ResNet-20 on CIFAR-10 (JPEG) within a CPU-minute budget
     python benchmarks/cpu_train.py loader     # ResNet-18 images/s: our device-resident loop vs DataLoader
+    python benchmarks/cpu_train.py precision  # train-step images/s: --precision fp32 (CPU default) vs bf16
 
 Each prints one JSON object (also saved under results/) with the machine it ran on.
 """
@@ -177,9 +178,57 @@ def bench_loader(data_dir: str, steps: int, batch: int, warmup: int = 2) -> dict
                           "crop+flip+normalise in __getitem__; same model, init, optimizer, batch size"}
 
 
+def bench_precision(steps: int, batch: int, rounds: int = 3) -> dict:
+    """Training steps per second of `train --precision` fp32 (NCHW) vs bf16 (autocast, NHWC) on CPU.
+
+    Synthetic batches (the loop is compute-bound here, see `loader`); the configurations are
+    interleaved round by round so that a noisy neighbour hits all of them alike.
+    """
+    import torch
+
+    from cnndeploy.devices import cpu_has_bf16
+    from cnndeploy.models import create_model
+    from cnndeploy.train.loop import autocast_for
+
+    cpu = torch.device("cpu")
+    setups = {}
+    for name, shape in (("resnet18", (3, 32, 32)), ("resnet20", (3, 32, 32)), ("lenet5", (1, 28, 28))):
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            model = create_model(name, 10, *shape)
+            x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+            if precision == "bf16":  # what fit.py does for bf16
+                model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            setups[(name, precision)] = (model, opt, x, y)
+
+    def step(model, opt, x, y, precision):
+        with autocast_for(cpu, precision):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    seconds: dict[tuple, list[float]] = {k: [] for k in setups}
+    for _ in range(rounds):
+        for (name, precision), (model, opt, x, y) in setups.items():
+            n = steps if name != "resnet18" else max(2, steps // 5)
+            step(model, opt, x, y, precision)  # warm-up (oneDNN primitive creation)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step(model, opt, x, y, precision)
+            seconds[(name, precision)].append((time.perf_counter() - t0) / n)
+    rows = {}
+    for name in dict.fromkeys(k[0] for k in setups):
+        ips = {p: batch / statistics.median(seconds[(name, p)]) for p in ("fp32", "bf16")}
+        rows[name] = {"fp32_images_per_s": round(ips["fp32"], 1), "bf16_images_per_s": round(ips["bf16"], 1),
+                      "bf16_speedup": round(ips["bf16"] / ips["fp32"], 2)}
+    return {"batch_size": batch, "rounds": rounds, "cpu_has_bf16": cpu_has_bf16(), "train_step": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("which", choices=("lenet", "resnet20", "loader"))
+    ap.add_argument("which", choices=("lenet", "resnet20", "loader", "precision"))
     ap.add_argument("--data-dir", default=os.environ.get("CNNDEPLOY_DATA", str(REPO.parent / "shared/datasets")))
     ap.add_argument("--budget-minutes", type=float, default=15.0)
     ap.add_argument("--steps", type=int, default=30)
@@ -190,6 +239,8 @@ def main() -> None:
         result = bench_lenet(args.data_dir)
     elif args.which == "resnet20":
         result = bench_resnet20(args.data_dir, args.budget_minutes)
+    elif args.which == "precision":
+        result = bench_precision(args.steps, args.batch_size)
     else:
         result = bench_loader(args.data_dir, args.steps, args.batch_size)
     result = {**result, "machine": machine(), "command": " ".join(["python", *sys.argv])}

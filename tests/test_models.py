@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cnndeploy.cli import MODELS
+from cnndeploy.cli import MODELS, PRECISIONS
 from cnndeploy.models import create_model, get_spec, list_models
 
 INPUTS = [(1, 28, 28), (3, 32, 32)]
@@ -66,3 +66,9 @@ def test_every_model_has_recipes_for_both_datasets():
         for ds in ("mnist", "cifar10", "my-folder"):
             r = spec.recipe(ds)
             assert r.epochs > 0 and r.batch_size > 0 and r.lr > 0
+
+
+def test_cli_precisions_are_the_training_loops():
+    from cnndeploy.train.loop import PRECISIONS as LOOP_PRECISIONS
+
+    assert PRECISIONS == LOOP_PRECISIONS

@@ -81,3 +81,39 @@ def test_default_finetune_is_at_most_a_fifth_of_the_training(trained, finetune):
     from cnndeploy.train.prune import default_finetune_epochs
 
     assert default_finetune_epochs(trained) == finetune
+
+
+def test_distillation_loss_is_the_label_loss_share_when_student_matches_teacher():
+    from cnndeploy.train.loop import DISTILL_WEIGHT, distillation_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(8, 10, requires_grad=True)
+    hard = torch.nn.functional.cross_entropy(logits, torch.randint(0, 10, (8,)))
+    same = distillation_loss(logits, logits.detach(), hard)
+    assert torch.allclose(same, (1 - DISTILL_WEIGHT) * hard, atol=1e-6)
+    other = distillation_loss(logits, torch.randn(8, 10), hard)
+    assert other > same
+    other.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0  # the student learns from it
+
+
+def test_prune_with_distillation_records_its_teacher_and_refuses_a_foreign_one(mini_mnist, tmp_path, capsys):
+    run = tmp_path / "lenet"
+    train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), data_dir=str(mini_mnist), epochs=2,
+                      device="cpu"), progress=False)
+    assert main(["prune", str(run), "--amount", "0.5", "--round-to", "0", "--distill",
+                 "--data-dir", str(mini_mnist), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "lenet-pruned50" / "prune.json").read_text())
+    assert report["finetune_teacher"] == str(run) and report["after_finetune"]["test_accuracy"] > 0.85
+    # A teacher that names other classes is refused before any training.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    meta = json.loads((run / "model.json").read_text())
+    (foreign / "model.json").write_text(json.dumps({**meta, "classes": list("abcdefghij")}))
+    (foreign / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    capsys.readouterr()
+    with pytest.raises(Exception, match="teacher .*foreign.* classes"):
+        train(TrainConfig(model="lenet5", dataset="mnist", out=str(tmp_path / "student"),
+                          data_dir=str(mini_mnist), epochs=1, device="cpu", teacher=str(foreign)),
+              progress=False)
+    assert not (tmp_path / "student" / "metrics.json").exists()

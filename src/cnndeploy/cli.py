@@ -11,6 +11,9 @@ from typing import Sequence
 from cnndeploy import __version__
 
 MODELS = ("lenet5", "alexnet", "resnet18", "resnet20", "resnet56")  # checked against the registry in tests
+PRECISIONS = ("auto", "fp32", "bf16")  # train/loop.py's, without importing torch here
+PRECISION_HELP = ("training compute; auto: bf16 on CUDA, fp32 on CPU (bf16 there pays on CPUs with "
+                  "AVX512-BF16/AMX); evaluation is always fp32")
 
 
 def _positive_int(text: str) -> int:
@@ -52,9 +55,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="training compute; auto: bf16 on CUDA, fp32 on CPU (bf16 there pays on "
-                        "CPUs with AVX512-BF16/AMX); evaluation is always fp32")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--subset", type=_positive_int, help="train on a fixed random subset of N images")
     p.add_argument("--data-dir")
     p.add_argument("--download", action="store_true", help="fetch MNIST/CIFAR-10 if missing")
@@ -126,8 +127,10 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="default: RUN_DIR-pruned<percent>")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="fine-tune compute (default: the original run's)")
+    p.add_argument("--precision", choices=PRECISIONS, help="fine-tune compute (default: the original run's)")
+    p.add_argument("--distill", action="store_true",
+                   help="fine-tune against the unpruned model's outputs (knowledge distillation, "
+                        "T=4, weight 0.9); each step then also runs the unpruned model forward")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -183,6 +186,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_positive_int, help="intra-op threads for torch and onnxruntime")
     p.add_argument("--min-seconds", type=float, default=1.0, help="timing budget per bench row")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="pipeline", help="folder for the run directories, bench and report.md")
     p.add_argument("--data-dir")
@@ -326,7 +330,8 @@ def _cmd_prune(args: argparse.Namespace, explicit: set[str]) -> int:
 
     r = prune_run(args.run_dir, amount=args.amount, method=args.method, finetune_epochs=args.finetune_epochs,
                   round_to=args.round_to, out=args.out, lr=args.lr, data_dir=args.data_dir,
-                  device=args.device, precision=args.precision, progress=not args.no_progress)
+                  device=args.device, precision=args.precision, distill=args.distill,
+                  progress=not args.no_progress)
     b, p, f = r["before"], r["pruned_before_finetune"], r["after_finetune"]
     print(f"MACs {b['macs'] / 1e6:.2f}M -> {p['macs'] / 1e6:.2f}M ({r['macs_reduction']:.2f}x fewer), "
           f"params {b['params'] / 1e6:.3f}M -> {p['params'] / 1e6:.3f}M; test accuracy "
@@ -353,7 +358,7 @@ def _cmd_pipeline(args: argparse.Namespace, explicit: set[str]) -> int:
                          epochs=args.epochs, prune=args.prune, finetune_epochs=args.finetune_epochs,
                          backends=[b for b in args.backends.split(",") if b], batch_sizes=args.batch_sizes,
                          threads=args.threads, min_seconds=args.min_seconds, device=args.device,
-                         seed=args.seed, out=args.out, data_dir=args.data_dir)
+                         precision=args.precision, seed=args.seed, out=args.out, data_dir=args.data_dir)
     report = run_pipeline(cfg, progress=not args.no_progress)
     print(f"report -> {report}")
     return 0

@@ -37,6 +37,7 @@ class PipelineConfig:
     threads: int | None = None
     min_seconds: float = 1.0
     device: str = "auto"
+    precision: str = "auto"            # training compute, as `train --precision`
     seed: int = 0
     data_dir: str | None = None
 
@@ -101,7 +102,7 @@ def _train_stage(cfg: PipelineConfig, model: str, run: Path, epochs: int | None,
         if resume:
             log.info("%s: an interrupted training run is here: resuming it", run)
         train(TrainConfig(model=model, dataset=cfg.dataset, out=str(run), epochs=epochs, seed=cfg.seed,
-                          device=cfg.device, data_dir=cfg.data_dir),
+                          device=cfg.device, data_dir=cfg.data_dir, precision=cfg.precision),
               resume=resume, explicit={"epochs"} if epochs else set(), progress=progress)
     return Stage(f"{model}: train", [run / rundir.METRICS], [], action)
 

@@ -51,6 +51,7 @@ class TrainConfig:
     init_weights: str | None = None    # start from these weights (safetensors) instead of random
     sync_bn: bool = False              # under torchrun on GPUs: BatchNorm over the whole global batch
     precision: str = "auto"            # training compute: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16
+    teacher: str | None = None         # a run directory whose model teaches (knowledge distillation)
 
     def resolved(self) -> "TrainConfig":
         """Fill unset hyper-parameters from the model's recipe for this dataset."""
@@ -164,6 +165,20 @@ def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     return device.type == "cuda" or uses_bf16(device, cfg.precision)
 
 
+def _load_teacher(cfg: TrainConfig, ds: ImageDataset, device: torch.device) -> nn.Module | None:
+    """The frozen teacher of a distilled run, checked to see the same images and classes."""
+    if not cfg.teacher:
+        return None
+    teacher, meta = rundir.load_run(cfg.teacher)
+    seen = (meta.get("channels"), meta.get("height"), meta.get("width"), meta.get("classes"))
+    if seen != (ds.channels, ds.height, ds.width, ds.classes):
+        raise CnnDeployError(f"teacher {cfg.teacher} was trained on {seen[0]}x{seen[1]}x{seen[2]} images of "
+                             f"classes {seen[3]}; this run has {ds.channels}x{ds.height}x{ds.width} "
+                             f"images of classes {ds.classes}")
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    return teacher.to(memory_format=torch.channels_last) if _channels_last(cfg, device) else teacher
+
+
 def _check_finite_weights(model: nn.Module, epoch: int) -> None:
     """A NaN/Inf gradient in an epoch's last step leaves the loss finite but the weights not."""
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -238,6 +253,7 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
 
     model = _build_model(cfg, ds, device, from_init=not resuming)
     model = distributed.sync_batchnorm(model, wanted=cfg.sync_bn, dist=dist, device=device)
+    teacher = _load_teacher(cfg, ds, device)
     cuda = device.type == "cuda"
     train_split, test_split = _splits(ds, device, dist, _channels_last(cfg, device))
     if uses_bf16(device, cfg.precision) and device.type == "cpu" and not cpu_has_bf16():
@@ -271,7 +287,8 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
         stats = train_one_epoch(step_model, train_split, optimizer,
                                 lr_at=lambda s: lr_at(s, **schedule), step=state["step"], epoch=epoch,
                                 batch_size=cfg.batch_size, augment=augment_for(ds.name),
-                                generator=gen, loss_fn=loss_fn, precision=cfg.precision, progress=progress)
+                                generator=gen, loss_fn=loss_fn, precision=cfg.precision, teacher=teacher,
+                                progress=progress)
         stats.update(dist.mean({k: stats[k] for k in ("train_loss", "train_accuracy")}))
         t_train = time.perf_counter() - t0
         _check_finite_weights(model, epoch)  # before anything of this epoch is written

@@ -33,6 +33,22 @@ def autocast_for(device: torch.device, precision: str = "auto") -> contextlib.Ab
     return contextlib.nullcontext()
 
 
+# Hinton et al.'s soft-target loss; T and weight as commonly used for CIFAR-sized students.
+DISTILL_TEMPERATURE = 4.0
+DISTILL_WEIGHT = 0.9
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      hard_loss: torch.Tensor) -> torch.Tensor:
+    """KL between temperature-softened teacher and student outputs (scaled by T^2 so its gradients
+    keep their size), blended with the ordinary label loss."""
+    t = DISTILL_TEMPERATURE
+    soft = nn.functional.kl_div(nn.functional.log_softmax(student_logits.float() / t, dim=1),
+                                nn.functional.log_softmax(teacher_logits.float() / t, dim=1),
+                                reduction="batchmean", log_target=True) * (t * t)
+    return DISTILL_WEIGHT * soft + (1 - DISTILL_WEIGHT) * hard_loss
+
+
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
     if not torch.isfinite(loss_sum):
         raise TrainingError(f"training loss became {loss_sum.item()} at epoch {epoch}, step {step}: "
@@ -43,8 +59,11 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
 def train_one_epoch(model: nn.Module, split: DeviceSplit | ShardedSplit, optimizer: torch.optim.Optimizer, *,
                     lr_at: Callable[[int], float], step: int, epoch: int, batch_size: int,
                     augment: Augment, generator: torch.Generator, loss_fn: nn.Module,
-                    precision: str = "auto", progress: bool = True) -> dict:
+                    precision: str = "auto", teacher: nn.Module | None = None,
+                    progress: bool = True) -> dict:
     """Train for one pass over `split`; returns loss, accuracy, steps and timings.
+
+    With a `teacher` (in eval mode) the loss is `distillation_loss` against its outputs.
 
     `batch_size` is the global batch: a ShardedSplit yields this rank's share of each one, and
     the loss and accuracy returned are then this rank's.
@@ -69,6 +88,10 @@ def train_one_epoch(model: nn.Module, split: DeviceSplit | ShardedSplit, optimiz
         with autocast_for(device, precision):
             logits = model(x)
             loss = loss_fn(logits, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(x)
+                loss = distillation_loss(logits, target, loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -125,7 +125,7 @@ def _default_out(run: Path, amount: float) -> Path:
 def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
               finetune_epochs: int | None = None, round_to: int | None = 8, out: str | None = None,
               lr: float | None = None, data_dir: str | None = None, device: str = "auto",
-              precision: str | None = None, progress: bool = True) -> dict[str, Any]:
+              precision: str | None = None, distill: bool = False, progress: bool = True) -> dict[str, Any]:
     if not 0 < amount < 1:
         raise CnnDeployError(f"--amount {amount}: expected a fraction of channels in (0, 1)")
     if method not in METHODS:
@@ -156,11 +156,13 @@ def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
     cfg = TrainConfig(model=meta["model"], dataset=dataset, out=str(out_dir), epochs=epochs,
                       lr=lr or recipe_lr / 4, batch_size=original.get("batch_size"), device=device,
                       data_dir=data_dir, widths=model.widths(), init_weights=str(init),
-                      precision=precision or original.get("precision", "auto"))
+                      precision=precision or original.get("precision", "auto"),
+                      teacher=str(run) if distill else None)
     rundir.save_weights(init, model)
     metrics = train(cfg, progress=progress)
     report = {"source_run": str(run), "amount": amount, "method": method, "round_to": round_to,
               "finetune_epochs": epochs, "finetune_lr": cfg.lr, "finetune_precision": cfg.precision,
+              "finetune_teacher": cfg.teacher,
               "before": before,
               "pruned_before_finetune": pruned, "after_finetune": {**count(model, shape),
                                                                    "test_accuracy": metrics["test_accuracy"]},
