@@ -58,3 +58,29 @@ def test_quant_cli_and_bad_arguments(trained, mini_mnist, tmp_path, capsys):
     err = capsys.readouterr().err
     # No calibration data: one clear error, no dummy ranges, no file.
     assert code == 2 and "not found" in err and not (tmp_path / "model.int8-cpu.onnx").exists()
+
+
+def test_fp32_accuracy_is_reused_only_for_the_same_file_and_test_images(trained, mini_mnist, tmp_path,
+                                                                         monkeypatch):
+    import shutil
+
+    import cnndeploy.export.evaluate_onnx as evaluate_module
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "quant.json").unlink(missing_ok=True)
+    evaluated: list[str] = []
+    real = evaluate_module.evaluate_onnx
+    monkeypatch.setattr(evaluate_module, "evaluate_onnx",
+                        lambda path, **kw: evaluated.append(Path(path).name) or real(path, **kw))
+    first = quantize_run(run, target="cpu", calib_size=64, data_dir=str(mini_mnist))
+    second = quantize_run(run, target="tensorrt", calib_size=64, data_dir=str(mini_mnist))
+    assert evaluated == ["model.onnx", "model.int8-cpu.onnx", "model.int8-trt.onnx"]
+    assert second["fp32_accuracy"] == first["fp32_accuracy"]
+    assert second["fp32_sha256"] == first["fp32_sha256"] and len(first["test_set_sha256"]) == 64
+    # A changed model.onnx (re-exported, say) is measured again.
+    model = onnx.load(str(run / "model.onnx"))
+    model.doc_string = "re-exported"
+    onnx.save(model, str(run / "model.onnx"))
+    quantize_run(run, target="cpu", calib_size=64, data_dir=str(mini_mnist))
+    assert evaluated[3:] == ["model.onnx", "model.int8-cpu.onnx"]

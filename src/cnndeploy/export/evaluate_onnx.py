@@ -5,16 +5,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cnndeploy.data import dataset_for
+from cnndeploy.data import ImageDataset, dataset_for
 from cnndeploy.data.types import normalise
 from cnndeploy.serve.runtime import Classifier
 
 
 def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, data_dir: str | None = None,
-                  batch_size: int = 256, threads: int | None = None) -> dict[str, Any]:
+                  batch_size: int = 256, threads: int | None = None,
+                  ds: ImageDataset | None = None) -> dict[str, Any]:
+    """Top-1 accuracy of the file on the whole test split (of `ds` where the caller loaded it)."""
     clf = Classifier(path, threads=threads)
     meta = clf.meta
-    ds = dataset_for(meta, dataset=dataset, data_dir=data_dir)
+    ds = ds or dataset_for(meta, dataset=dataset, data_dir=data_dir)
     correct = 0
     for start in range(0, len(ds.test_y), batch_size):
         x = normalise(ds.test_x[start:start + batch_size], meta["mean"], meta["std"])

@@ -8,14 +8,17 @@ The quantized file is then evaluated on the whole test set next to model.onnx.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cnndeploy.errors import CnnDeployError
-from cnndeploy.fileio import atomic_path, write_json_atomic
+from cnndeploy.fileio import atomic_path, sha256_file, write_json_atomic
 
 log = logging.getLogger("cnndeploy")
 
@@ -61,6 +64,7 @@ def quantize_run(run_dir: str | os.PathLike, *, target: str = "cpu", calib_size:
     """Write RUN_DIR/model.int8-<target>.onnx and quant.json; return the accuracy report."""
     from cnndeploy.export import export_onnx
     from cnndeploy.export.evaluate_onnx import evaluate_onnx
+    from cnndeploy.data import dataset_for
     from cnndeploy.quant.calibration import calibration_images
     from cnndeploy.rundir import read_model_json
 
@@ -72,34 +76,49 @@ def quantize_run(run_dir: str | os.PathLike, *, target: str = "cpu", calib_size:
         raise CnnDeployError(f"--calib-size {calib_size}: expected a positive number of images")
     run = Path(run_dir)
     meta = read_model_json(run)
-    images = calibration_images(meta, size=calib_size, seed=seed, data_dir=data_dir)
+    ds = dataset_for(meta, data_dir=data_dir)  # once: calibration, and both evaluations
+    images = calibration_images(meta, size=calib_size, seed=seed, ds=ds)
     fp32 = run / "model.onnx"
     if not fp32.is_file():
         log.info("no %s yet: exporting it first", fp32)
         export_onnx(run, data_dir=data_dir)
     out = run / f"model.int8-{'cpu' if target == 'cpu' else 'trt'}.onnx"
     quantize_file(fp32, out, images, target=target, method=method)
-    base = evaluate_onnx(fp32, data_dir=data_dir)
-    quant = evaluate_onnx(out, data_dir=data_dir)
+    entries = _read_report(run / "quant.json")
+    identity = {"fp32_sha256": sha256_file(fp32), "test_set_sha256": _test_set_digest(ds)}
+    base_accuracy = next((e["fp32_accuracy"] for e in entries.values()
+                          if isinstance(e, dict) and "fp32_accuracy" in e
+                          and all(e.get(k) == v for k, v in identity.items())), None)
+    if base_accuracy is None:
+        base_accuracy = evaluate_onnx(fp32, ds=ds)["test_accuracy"]
+    else:  # another target's quant measured this very file on these very images
+        log.info("fp32 accuracy of %s reused from quant.json (same file, same test images)", fp32.name)
+    quant = evaluate_onnx(out, ds=ds)
     report = {"file": out.name, "target": target, "method": method, "calib_size": len(images),
-              "calib_seed": seed, "calib_split": "train", "fp32_accuracy": base["test_accuracy"],
+              "calib_seed": seed, "calib_split": "train", "fp32_accuracy": base_accuracy,
               "int8_accuracy": quant["test_accuracy"],
-              "accuracy_drop_points": round(100 * (base["test_accuracy"] - quant["test_accuracy"]), 3),
+              "accuracy_drop_points": round(100 * (base_accuracy - quant["test_accuracy"]), 3),
               "fp32_bytes": fp32.stat().st_size, "int8_bytes": out.stat().st_size,
-              "test_images": quant["n"], "dataset_source": quant["dataset_source"]}
-    _update_report(run / "quant.json", report)
+              "test_images": quant["n"], "dataset_source": quant["dataset_source"], **identity}
+    entries[report["file"]] = report  # quant.json keeps one entry per output file
+    write_json_atomic(run / "quant.json", entries)
     return report
 
 
-def _update_report(path: Path, report: dict) -> None:
-    """quant.json keeps one entry per output file."""
+def _test_set_digest(ds) -> str:
+    """Identity of the test images and labels, so a reused accuracy is one of the same data."""
+    h = hashlib.sha256()
+    for array in (ds.test_x, ds.test_y):
+        h.update(str((array.shape, array.dtype)).encode())
+        h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return h.hexdigest()
+
+
+def _read_report(path: Path) -> dict:
     import json
 
-    entries = {}
-    if path.is_file():
-        try:
-            entries = json.loads(path.read_text())
-        except ValueError:
-            entries = {}
-    entries[report["file"]] = report
-    write_json_atomic(path, entries)
+    try:
+        entries = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        entries = {}
+    return entries if isinstance(entries, dict) else {}
