@@ -84,3 +84,13 @@ def test_fp32_accuracy_is_reused_only_for_the_same_file_and_test_images(trained,
     onnx.save(model, str(run / "model.onnx"))
     quantize_run(run, target="cpu", calib_size=64, data_dir=str(mini_mnist))
     assert evaluated[3:] == ["model.onnx", "model.int8-cpu.onnx"]
+
+
+@pytest.mark.parametrize("recorded", ["0.99", 7.5, True, None])
+def test_an_implausible_recorded_fp32_accuracy_is_measured_again(recorded):
+    from cnndeploy.quant.ptq import _measured_before
+
+    identity = {"fp32_sha256": "a" * 64, "test_set_sha256": "b" * 64}
+    assert _measured_before({"x.onnx": {**identity, "fp32_accuracy": recorded}}, identity) is None
+    assert _measured_before({"x.onnx": {**identity, "fp32_accuracy": 0.5}}, identity) == 0.5
+    assert _measured_before({"x.onnx": {**identity, "fp32_sha256": "c", "fp32_accuracy": 0.5}}, identity) is None

@@ -330,3 +330,9 @@ def test_bf16_training_on_cpu_saves_fp32_weights_and_pruning_inherits_it(mini_mn
                  "--no-progress"]) == 0
     report = json.loads((tmp_path / "bf16-pruned50" / "prune.json").read_text())
     assert report["finetune_precision"] == "bf16" and report["finetune_epochs"] == 1
+
+
+def test_an_unknown_precision_is_one_clear_error_before_anything_is_written(mini_mnist, tmp_path):
+    with pytest.raises(CnnDeployError, match="precision 'fp16': expected one of auto, fp32, bf16"):
+        train(_cfg(mini_mnist, tmp_path / "run", epochs=1, precision="fp16"), progress=False)
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()

@@ -78,6 +78,7 @@ def parse_epochs(text: str | int | None, models: list[str]) -> dict[str, int | N
 def _check(cfg: PipelineConfig) -> dict[str, int | None]:
     from cnndeploy.bench.runners import check_backends
     from cnndeploy.models import list_models
+    from cnndeploy.train.fit import check_precision
 
     unknown = [m for m in cfg.models if m not in list_models()]
     if unknown or not cfg.models:
@@ -87,6 +88,7 @@ def _check(cfg: PipelineConfig) -> dict[str, int | None]:
     if not 0 <= cfg.prune < 1:
         raise CnnDeployError(f"--prune {cfg.prune}: expected a fraction of channels in [0, 1) (0 skips pruning)")
     check_backends(cfg.backends)
+    check_precision(cfg.precision)
     return parse_epochs(cfg.epochs, cfg.models)
 
 

@@ -95,9 +95,15 @@ def dataset_for(meta: dict, *, dataset: str | None = None, data_dir: str | os.Pa
                        else meta.get("dataset_path") or meta["dataset"])
     shape = (int(meta["channels"]), int(meta["height"]), int(meta["width"]))
     ds = load_dataset(name, data_dir=data_dir, image_size=shape[1:])
+    check_matches(ds, meta)
+    return ds
+
+
+def check_matches(ds: ImageDataset, meta: dict) -> None:
+    """The model (model.json or ONNX metadata) was made for these classes and this image shape."""
+    shape = (int(meta["channels"]), int(meta["height"]), int(meta["width"]))
     classes = [str(c) for c in meta["classes"]]
     if ds.classes != classes or ds.test_x.shape[1:] != shape:
         raise DatasetError(f"{ds.path} does not match the model: classes {ds.classes} and images "
                            f"{'x'.join(map(str, ds.test_x.shape[1:]))}, expected {classes} and "
                            f"{'x'.join(map(str, shape))}")
-    return ds

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from cnndeploy.data import ImageDataset, dataset_for
+from cnndeploy.data.load import check_matches
 from cnndeploy.data.types import normalise
 from cnndeploy.serve.runtime import Classifier
 
@@ -16,7 +17,10 @@ def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, data_d
     """Top-1 accuracy of the file on the whole test split (of `ds` where the caller loaded it)."""
     clf = Classifier(path, threads=threads)
     meta = clf.meta
-    ds = ds or dataset_for(meta, dataset=dataset, data_dir=data_dir)
+    if ds is None:
+        ds = dataset_for(meta, dataset=dataset, data_dir=data_dir)
+    else:  # loaded for model.json: the file's own metadata must agree (a stale export would not)
+        check_matches(ds, meta)
     correct = 0
     for start in range(0, len(ds.test_y), batch_size):
         x = normalise(ds.test_x[start:start + batch_size], meta["mean"], meta["std"])

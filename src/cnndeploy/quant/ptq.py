@@ -84,11 +84,8 @@ def quantize_run(run_dir: str | os.PathLike, *, target: str = "cpu", calib_size:
         export_onnx(run, data_dir=data_dir)
     out = run / f"model.int8-{'cpu' if target == 'cpu' else 'trt'}.onnx"
     quantize_file(fp32, out, images, target=target, method=method)
-    entries = _read_report(run / "quant.json")
     identity = {"fp32_sha256": sha256_file(fp32), "test_set_sha256": _test_set_digest(ds)}
-    base_accuracy = next((e["fp32_accuracy"] for e in entries.values()
-                          if isinstance(e, dict) and "fp32_accuracy" in e
-                          and all(e.get(k) == v for k, v in identity.items())), None)
+    base_accuracy = _measured_before(_read_report(run / "quant.json"), identity)
     if base_accuracy is None:
         base_accuracy = evaluate_onnx(fp32, ds=ds)["test_accuracy"]
     else:  # another target's quant measured this very file on these very images
@@ -100,9 +97,23 @@ def quantize_run(run_dir: str | os.PathLike, *, target: str = "cpu", calib_size:
               "accuracy_drop_points": round(100 * (base_accuracy - quant["test_accuracy"]), 3),
               "fp32_bytes": fp32.stat().st_size, "int8_bytes": out.stat().st_size,
               "test_images": quant["n"], "dataset_source": quant["dataset_source"], **identity}
+    # Read again: another quant of this run may have written its entry meanwhile.
+    entries = _read_report(run / "quant.json")
     entries[report["file"]] = report  # quant.json keeps one entry per output file
     write_json_atomic(run / "quant.json", entries)
     return report
+
+
+def _measured_before(entries: dict, identity: dict[str, str]) -> float | None:
+    """The fp32 accuracy an earlier quant measured on this very file and these very test images."""
+    for entry in entries.values():
+        if not isinstance(entry, dict) or any(entry.get(k) != v for k, v in identity.items()):
+            continue
+        value = entry.get("fp32_accuracy")
+        # quant.json lies in a folder users pass around: take only a plausible number from it
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+            return float(value)
+    return None
 
 
 def _test_set_digest(ds) -> str:

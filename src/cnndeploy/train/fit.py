@@ -24,7 +24,7 @@ from cnndeploy.models import create_model, get_spec
 from cnndeploy.train import distributed
 from cnndeploy.train.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from cnndeploy.train.distributed import Dist
-from cnndeploy.train.loop import evaluate, train_one_epoch, uses_bf16
+from cnndeploy.train.loop import PRECISIONS, evaluate, train_one_epoch, uses_bf16
 from cnndeploy.train.schedule import lr_at
 
 log = logging.getLogger("cnndeploy")
@@ -59,6 +59,11 @@ class TrainConfig:
         fills = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)
                  if getattr(self, f.name) is None}
         return dataclasses.replace(self, **fills)
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise CnnDeployError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -132,13 +137,14 @@ def _resume_config(out: Path, cfg: TrainConfig, explicit: set[str]) -> TrainConf
     if not saved:
         raise CnnDeployError(f"{out / rundir.CHECKPOINT} holds no training config; cannot resume")
     clash = {k: (saved[k], getattr(cfg, k)) for k in explicit
-             if k in saved and k not in ("device", "data_dir", "out", "dataset") and saved[k] != getattr(cfg, k)}
+             if k in saved and k not in ("device", "data_dir", "precision", "out", "dataset")
+             and saved[k] != getattr(cfg, k)}
     if clash:
         raise CnnDeployError("--resume continues the saved run, but these options differ from it: "
                              + ", ".join(f"--{k.replace('_', '-')} saved {a!r} vs given {b!r}"
                                          for k, (a, b) in clash.items()))
     # Where the data lives and which device runs may change on resume, but only when typed.
-    moved = {k: getattr(cfg, k) for k in ("device", "data_dir") if k in explicit}
+    moved = {k: getattr(cfg, k) for k in ("device", "data_dir", "precision") if k in explicit}
     return dataclasses.replace(TrainConfig(**saved), out=cfg.out, **moved)
 
 
@@ -235,6 +241,7 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
     out = Path(cfg.out)
     saved, resuming = dist.from_main(lambda: _resolve(out, cfg, resume, explicit))
     cfg = TrainConfig(**saved)
+    check_precision(cfg.precision)  # also a resumed or API-built config
     device = dist.local_device(pick_device(cfg.device))
     t_start = time.perf_counter()
     ds = _subset(load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download),
@@ -293,8 +300,8 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
         t_train = time.perf_counter() - t0
         _check_finite_weights(model, epoch)  # before anything of this epoch is written
         dist.sync_buffers(model)
-        # reported accuracy: full fp32, as exported; the whole test set, shared out among the ranks
-        test = distributed.evaluate_sharded(evaluate, eval_model, test_split, dist, amp=False)
+        # the whole test set (fp32, as exported), shared out among the ranks
+        test = distributed.evaluate_sharded(evaluate, eval_model, test_split, dist)
         seconds = time.perf_counter() - t0
         row = _epoch_row(epoch, stats, test, seconds=seconds, train_seconds=t_train, host_timings=not cuda)
         state.update(epoch=epoch, step=stats["steps"], history=state["history"] + [row], data=identity,

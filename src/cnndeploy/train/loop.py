@@ -112,16 +112,18 @@ def train_one_epoch(model: nn.Module, split: DeviceSplit | ShardedSplit, optimiz
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: DeviceSplit, *, batch_size: int = 1000,
-             loss_fn: nn.Module | None = None, amp: bool = True) -> dict:
-    """Loss and top-1 accuracy over the whole split (accuracy as a fraction in [0, 1])."""
+             loss_fn: nn.Module | None = None) -> dict:
+    """Loss and top-1 accuracy over the whole split (accuracy as a fraction in [0, 1]).
+
+    Always full fp32, whatever the training precision: the accuracy reported is the exported model's.
+    """
     model.eval()
     device = split.x.device
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     for x, y in split.batches(batch_size):
-        with autocast_for(device, "auto" if amp else "fp32"):
-            logits = model(x)
+        logits = model(x)
         loss_sum += loss_fn(logits.float(), y) * len(y)
         correct += (logits.argmax(1) == y).sum()
     n = len(split)

@@ -157,7 +157,7 @@ def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
                       lr=lr or recipe_lr / 4, batch_size=original.get("batch_size"), device=device,
                       data_dir=data_dir, widths=model.widths(), init_weights=str(init),
                       precision=precision or original.get("precision", "auto"),
-                      teacher=str(run) if distill else None)
+                      teacher=str(run.resolve()) if distill else None)  # absolute: --resume elsewhere
     rundir.save_weights(init, model)
     metrics = train(cfg, progress=progress)
     report = {"source_run": str(run), "amount": amount, "method": method, "round_to": round_to,
