@@ -24,7 +24,7 @@ def done(mini_mnist, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
     assert main(["pipeline", "--dataset", "mnist", "--models", "lenet5", "--epochs", "1", "--batch-sizes", "1,8",
                  "--min-seconds", "0.05", "--threads", "1", "--device", "cpu", "--out", str(out),
-                 "--data-dir", str(mini_mnist), "--no-progress"]) == 0
+                 "--distill", "--data-dir", str(mini_mnist), "--no-progress"]) == 0
     return out
 
 
@@ -35,6 +35,7 @@ def test_pipeline_runs_every_stage_and_writes_the_report(done):
         assert path.is_file(), path
     statuses = _statuses(done)
     assert statuses["lenet5: train"] == "ran" and statuses["bench"] == "ran"
+    assert json.loads((pruned / "prune.json").read_text())["finetune_teacher"] == str(run.resolve())
     trt = [s for name, s in statuses.items() if "TensorRT" in name]
     assert trt and all(s.startswith("skipped: ") or s == "ran" for s in trt)
     report = (done / "report.md").read_text()
@@ -110,3 +111,9 @@ def test_epochs_parse_for_all_or_per_model():
     assert parse_epochs("alexnet=2", ["lenet5", "alexnet"]) == {"lenet5": None, "alexnet": 2}
     with pytest.raises(CnnDeployError):
         parse_epochs("resnet18=2", ["lenet5"])
+
+
+def test_an_unknown_precision_is_refused_before_any_stage(mini_mnist, tmp_path):
+    with pytest.raises(CnnDeployError, match="precision 'fp16': expected one of auto, fp32, bf16"):
+        run_pipeline(_config(tmp_path / "p", mini_mnist, precision="fp16"))
+    assert not (tmp_path / "p").exists()

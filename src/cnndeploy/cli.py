@@ -180,6 +180,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", help="N for every model, or per model: lenet5=6,resnet18=2 (default: recipes)")
     p.add_argument("--prune", type=float, default=0.5, help="fraction of channels to prune (0: skip pruning)")
     p.add_argument("--finetune-epochs", type=int, help="default: 20%% of each model's epochs, rounded down, at least 1")
+    p.add_argument("--distill", action="store_true", help="fine-tune pruned models against the unpruned ones (KD)")
     p.add_argument("--backends", default="torch,ort,ort-cuda,tensorrt",
                    help="bench backends; absent ones appear as skipped rows")
     p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256])
@@ -356,6 +357,7 @@ def _cmd_pipeline(args: argparse.Namespace, explicit: set[str]) -> int:
 
     cfg = PipelineConfig(dataset=args.dataset, models=[m for m in args.models.split(",") if m],
                          epochs=args.epochs, prune=args.prune, finetune_epochs=args.finetune_epochs,
+                         distill=args.distill,
                          backends=[b for b in args.backends.split(",") if b], batch_sizes=args.batch_sizes,
                          threads=args.threads, min_seconds=args.min_seconds, device=args.device,
                          precision=args.precision, seed=args.seed, out=args.out, data_dir=args.data_dir)

@@ -32,6 +32,7 @@ class PipelineConfig:
     epochs: str | int | None = None    # N for all, "lenet5=6,resnet18=2", or None (recipes)
     prune: float = 0.5                 # fraction of channels; 0 skips pruning
     finetune_epochs: int | None = None
+    distill: bool = False              # fine-tune the pruned model against the unpruned one (KD)
     backends: list[str] = field(default_factory=lambda: ["torch", "ort", "ort-cuda", "tensorrt"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32, 256])
     threads: int | None = None
@@ -125,7 +126,7 @@ def _prune_stage(cfg: PipelineConfig, model: str, run: Path, pruned: Path, progr
             log.info("%s is incomplete (interrupted): pruning again", pruned)
             shutil.rmtree(pruned)
         prune_run(run, amount=cfg.prune, finetune_epochs=cfg.finetune_epochs, out=str(pruned),
-                  data_dir=cfg.data_dir, device=cfg.device, progress=progress)
+                  data_dir=cfg.data_dir, device=cfg.device, distill=cfg.distill, progress=progress)
     return Stage(f"{model}: prune {round(100 * cfg.prune)}% + fine-tune",
                  [pruned / rundir.METRICS, pruned / "prune.json"], [run / rundir.WEIGHTS], action)
 
