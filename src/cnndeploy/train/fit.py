@@ -167,7 +167,7 @@ def _build_model(cfg: TrainConfig, ds: ImageDataset, device: torch.device, *, fr
 
 
 def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    """NHWC is what cuDNN and oneDNN's bf16 kernels want (1.2-1.3x on CPU, BENCHMARKS.md)."""
+    """NHWC is the layout cuDNN and oneDNN's bf16 convolution kernels are fastest in."""
     return device.type == "cuda" or uses_bf16(device, cfg.precision)
 
 

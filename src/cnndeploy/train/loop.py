@@ -19,7 +19,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
     """`auto` is bf16 autocast on CUDA and fp32 on CPU: there bf16 is opt-in, since it pays only on
-    CPUs with AVX512-BF16 or AMX (2.2x on this repo's Zen 4 runner for ResNet-18, BENCHMARKS.md) and
+    CPUs with AVX512-BF16 or AMX (2.3x on this repo's Zen 4 runner for the ResNets, BENCHMARKS.md) and
     makes CPU runs no longer bit-reproducible across machines."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
