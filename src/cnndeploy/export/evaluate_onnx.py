@@ -8,7 +8,7 @@ from typing import Any
 from cnndeploy.data import ImageDataset, dataset_for
 from cnndeploy.data.load import check_matches
 from cnndeploy.data.types import normalise
-from cnndeploy.serve.runtime import Classifier
+from cnndeploy.runtime.classifier import Classifier
 
 
 def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, data_dir: str | None = None,

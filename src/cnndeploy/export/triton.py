@@ -139,7 +139,7 @@ def read_io(path: Path) -> tuple[list[Tensor], list[Tensor], bool, dict[str, str
     """Inputs, outputs, whether axis 0 is a free batch axis on all of them, and the metadata props."""
     import onnx
 
-    from cnndeploy.serve.runtime import check_external_data
+    from cnndeploy.runtime.classifier import check_external_data
 
     check_external_data(path)
     try:

@@ -1,2 +1,4 @@
-"""Serving: the embeddable ONNX classifier (runtime.py: numpy + pillow + onnxruntime only) and the
-Gradio demo (app.py, `cnndeploy serve`; Gradio is imported only when the demo starts)."""
+"""The Gradio demo (`cnndeploy serve`); Gradio is imported only when the demo starts.
+
+`cnndeploy.serve.runtime` re-exports the embeddable classifier from `cnndeploy.runtime`.
+"""

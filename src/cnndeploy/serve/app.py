@@ -26,7 +26,7 @@ from cnndeploy.images import MAX_PIXELS
 from cnndeploy.serve import tables
 from cnndeploy.serve.inputs import EMPTY_DRAWING, NO_IMAGE, NOT_AN_IMAGE, UserInputError
 from cnndeploy.serve.lineup import Group, ServeError, classify, default_threads, load_groups
-from cnndeploy.serve.runtime import ImageInputError
+from cnndeploy.runtime.classifier import ImageInputError
 
 log = logging.getLogger(__name__)
 EXAMPLES = Path(__file__).parent / "examples"

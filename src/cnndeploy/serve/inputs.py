@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.images import DECODE_ERRORS, FORMATS, MAX_PIXELS, open_image
-from cnndeploy.serve.runtime import _upright_8bit  # same package: EXIF rotation, first frame, 16-bit
+from cnndeploy.runtime.classifier import _upright_8bit  # EXIF rotation, first frame, 16-bit grey
 
 SIDE = int(MAX_PIXELS ** 0.5)
 NOT_AN_IMAGE = ("That file is not an image this demo can read (it may be corrupt or cut short). "

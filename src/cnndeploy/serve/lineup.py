@@ -21,7 +21,7 @@ from cnndeploy.bench.variants import Variant, discover
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.rundir import read_json_if_exists
 from cnndeploy.serve import inputs
-from cnndeploy.serve.runtime import Classifier
+from cnndeploy.runtime.classifier import Classifier
 
 log = logging.getLogger(__name__)
 TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}

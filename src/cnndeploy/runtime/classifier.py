@@ -1,0 +1,241 @@
+"""`Classifier`: run a cnndeploy ONNX file on any image with numpy, pillow and onnxruntime only.
+
+This module is what apps embed, so it must not import torch (a test checks). Everything it
+needs — class names, input size, channels, mean and std — comes from the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from cnndeploy.errors import CnnDeployError
+from cnndeploy.images import DECODE_ERRORS, open_image
+
+ImageLike = Union[Image.Image, str, os.PathLike, bytes, np.ndarray]
+REQUIRED = ("classes", "channels", "height", "width", "mean", "std")
+
+
+class ModelFileError(CnnDeployError):
+    """An ONNX file that this runtime cannot use as a classifier."""
+
+
+class ImageInputError(CnnDeployError):
+    """An input that is not a readable image."""
+
+
+def _metadata(props: dict[str, str], where: str, overrides: dict) -> dict:
+    merged = {**props, **{k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+                          for k, v in overrides.items() if v is not None}}
+    missing = [k for k in REQUIRED if k not in merged]
+    if missing:
+        raise ModelFileError(f"{where} lacks the metadata {missing}: it was not exported by cnndeploy. "
+                             "Pass them explicitly, e.g. Classifier(path, classes=[...], mean=[...], "
+                             "std=[...]) (channels/height/width default to the input shape)")
+    try:
+        meta = {"classes": [str(c) for c in json.loads(merged["classes"])],
+                "channels": int(merged["channels"]), "height": int(merged["height"]),
+                "width": int(merged["width"]),
+                "mean": np.asarray(json.loads(merged["mean"]), np.float32).reshape(-1),
+                "std": np.asarray(json.loads(merged["std"]), np.float32).reshape(-1),
+                "model": merged.get("model", ""), "dataset": merged.get("dataset", "")}
+    except (ValueError, TypeError, RecursionError) as e:
+        raise ModelFileError(f"{where}: malformed metadata ({e})") from None
+    c = meta["channels"]
+    if (not meta["classes"] or c not in (1, 3) or min(meta["height"], meta["width"]) < 1
+            or len(meta["mean"]) != c or len(meta["std"]) != c or not np.isfinite(meta["mean"]).all()
+            or not (meta["std"] > 0).all() or not np.isfinite(meta["std"]).all()):
+        raise ModelFileError(f"{where}: malformed metadata: expected classes (a non-empty list), channels 1 "
+                             f"or 3, positive height/width, and {c} finite mean and positive std values; "
+                             f"got {len(meta['classes'])} classes, channels {c}, {meta['height']}x"
+                             f"{meta['width']}, mean {meta['mean'].tolist()}, std {meta['std'].tolist()}")
+    return meta
+
+
+def _tensors(graph) -> Iterable:
+    """Every TensorProto of an ONNX graph: initializers, attributes, and those of subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX file whose external data lies outside its folder (../, absolute, symlink).
+
+    onnxruntime refuses these too; this is our own check, made first, with our message. It
+    needs the onnx package (a cnndeploy dependency); an app that embeds the runtime without it
+    keeps onnxruntime's check.
+    """
+    try:
+        import onnx
+    except ImportError:
+        return
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a file onnx cannot parse: onnxruntime reports it below
+        return
+    folder = path.resolve().parent
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = folder / location
+        rel = PurePosixPath(location.replace("\\", "/"))
+        if (not location or rel.is_absolute() or ".." in rel.parts or target.is_symlink()
+                or folder not in target.resolve().parents):
+            raise ModelFileError(f"{path} is not a loadable ONNX model (tensor {tensor.name!r} reads its "
+                                 f"data from {location!r}, which is not a plain file inside the model's "
+                                 "folder: refused; expected the weights inside the .onnx file or in a "
+                                 "file beside it)")
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    """HW, HWC or CHW arrays (uint8 0..255, or floats 0..1 / 0..255) -> a PIL image."""
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise ImageInputError(f"expected an image array shaped HxW, HxWxC or CxHxW, got {list(arr.shape)}")
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
+        raise ImageInputError(f"expected 1, 3 or 4 channels, got an array shaped {list(arr.shape)}")
+    if arr.dtype.kind not in "uif" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+        raise ImageInputError(f"expected finite numeric pixels, got {arr.dtype}")
+    if arr.dtype != np.uint8:
+        scale = 255.0 if arr.dtype.kind == "f" and arr.max(initial=0) <= 1.0 else 1.0
+        arr = np.clip(arr.astype(np.float64) * scale, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr.squeeze(2) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+
+
+def _upright_8bit(img: Image.Image) -> Image.Image:
+    """Take the first frame, apply EXIF rotation, scale 16-bit grey to 8 bits: a decoded copy."""
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    out = ImageOps.exif_transpose(img)  # a decoded copy, rotated if EXIF says so
+    if out is None or out is img:
+        out = img.copy()
+    if out.mode.startswith("I;16"):
+        out = Image.fromarray((np.asarray(out, dtype=np.uint16) >> 8).astype(np.uint8))
+    return out
+
+
+def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """img.convert(mode), through RGB where Pillow has no direct conversion (LAB -> L)."""
+    try:
+        return img.convert(mode)
+    except ValueError:
+        try:
+            return img.convert("RGB").convert(mode)
+        except ValueError as e:
+            raise ImageInputError(f"cannot convert a {img.mode} image to {mode} ({e})") from None
+
+
+class Classifier:
+    """Top-k classification with a cnndeploy ONNX file.
+
+    >>> clf = Classifier("runs/lenet5-mnist/model.onnx")
+    >>> clf.classify("digit.png")          # [("7", 0.98), ("1", 0.01), ("9", 0.003)]
+    """
+
+    def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] | None = None,
+                 threads: int | None = None, **metadata) -> None:
+        from cnndeploy.runtime.onnxruntime_import import onnxruntime
+
+        ort = onnxruntime()
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(f"ONNX file not found: {self.path}")
+        check_external_data(self.path)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as e:  # onnxruntime raises its own exception types for broken files
+            raise ModelFileError(f"{self.path} is not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        inp = self.session.get_inputs()[0]
+        shape = inp.shape
+        if len(shape) != 4 or inp.type != "tensor(float)":
+            raise ModelFileError(f"{self.path}: expected one float32 NCHW input, got {inp.type} {shape}")
+        defaults = {k: v for k, v in zip(("channels", "height", "width"), shape[1:]) if isinstance(v, int)}
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.meta = _metadata({**{k: str(v) for k, v in defaults.items()}, **props}, str(self.path), metadata)
+        out = self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        self.classes: list[str] = self.meta["classes"]
+        width = out.shape[-1] if out.shape else None
+        if isinstance(width, int) and width != len(self.classes):
+            raise ModelFileError(f"{self.path}: the model outputs {width} logits but its metadata names "
+                                 f"{len(self.classes)} classes; expected one class name per logit")
+
+    def preprocess(self, image: ImageLike) -> np.ndarray:
+        """Any image -> float32 [C, H, W], resized and normalised as the model was trained."""
+        img = _to_mode(self._as_pil(image), "L" if self.meta["channels"] == 1 else "RGB")
+        size = (self.meta["width"], self.meta["height"])
+        if img.size != size:
+            img = img.resize(size, Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return (arr - self.meta["mean"][:, None, None]) / self.meta["std"][:, None, None]
+
+    @staticmethod
+    def _as_pil(image: ImageLike) -> Image.Image:
+        """An upright 8-bit (or float) PIL image, fully decoded and detached from any file."""
+        if isinstance(image, np.ndarray):
+            return _array_to_pil(image)
+        if not isinstance(image, (Image.Image, str, os.PathLike, bytes)):
+            raise ImageInputError(f"expected a PIL image, an image path, encoded image bytes or a numpy "
+                                  f"array, got {type(image).__name__}")
+        try:
+            if isinstance(image, Image.Image):
+                return _upright_8bit(image)
+            with open_image(image) as img:  # decode while the file is open (GIF frames need it)
+                return _upright_8bit(img)
+        except DECODE_ERRORS as e:
+            what = (f"{len(image)} bytes" if isinstance(image, bytes) else
+                    f"{image.mode} image of {image.width}x{image.height}" if isinstance(image, Image.Image)
+                    else str(image))
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ImageInputError(f"{what}: not a readable image ({why})") from None
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Run preprocessed float32 NCHW inputs; returns logits [N, num_classes]."""
+        expected = (self.meta["channels"], self.meta["height"], self.meta["width"])
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
+            got = batch.dtype if isinstance(batch, np.ndarray) else type(batch).__name__
+            raise ImageInputError(f"expected a float32 numpy batch (preprocessed with preprocess()), "
+                                  f"got {got}")
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise ImageInputError(f"expected a batch shaped [N, {', '.join(map(str, expected))}], "
+                                  f"got {list(batch.shape)}")
+        if not np.isfinite(batch).all():
+            raise ImageInputError("the input holds NaN or infinite values")
+        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        if not np.isfinite(out).all():
+            raise ModelFileError(f"{self.path} produced NaN or infinite logits; not a prediction")
+        return out
+
+    def predict(self, images: Iterable[ImageLike], top_k: int = 3) -> list[list[tuple[str, float]]]:
+        """Top-k (label, probability) for each image."""
+        batch = np.stack([self.preprocess(im) for im in images])
+        logits = self.logits(batch)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        k = max(1, min(top_k, len(self.classes)))
+        order = np.argsort(-probs, axis=1)[:, :k]
+        return [[(self.classes[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+    def classify(self, image: ImageLike, top_k: int = 3) -> list[tuple[str, float]]:
+        return self.predict([image], top_k)[0]

@@ -1,0 +1,23 @@
+"""onnxruntime comes in two flavours (onnxruntime, onnxruntime-gpu) that install the same module."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from cnndeploy.errors import CnnDeployError
+
+INSTALL_HINT = ("pip install 'cnndeploy[cpu]' (onnxruntime) or 'cnndeploy[gpu]' (onnxruntime-gpu, "
+                "CUDA); install one of them, not both: they provide the same module")
+
+
+class OnnxRuntimeMissing(CnnDeployError):
+    """Neither onnxruntime nor onnxruntime-gpu is installed."""
+
+
+def onnxruntime() -> ModuleType:
+    """The onnxruntime module, or one error that names both extras."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise OnnxRuntimeMissing(f"this needs onnxruntime, which is not installed: {INSTALL_HINT}") from None
+    return ort
