@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from cnndeploy.bench.env import environment  # noqa: E402
-from cnndeploy.bench.harness import run_bench  # noqa: E402
+from cnndeploy.bench.harness import BenchConfig, run_bench  # noqa: E402
 
 
 def main() -> None:
@@ -33,13 +33,13 @@ def main() -> None:
     ap.add_argument("--data-dir")
     ap.add_argument("--out", default=str(REPO / "results" / "bench-repeatability.json"))
     args = ap.parse_args()
-    kw = dict(backends=args.backends.split(","), batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
-              threads=args.threads, data_dir=args.data_dir, min_seconds=args.min_seconds, progress=False)
+    cfg = BenchConfig(backends=args.backends.split(","), batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+                      threads=args.threads, min_seconds=args.min_seconds)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(2):
             t0 = time.perf_counter()
-            rows = run_bench(args.run_dirs, out=Path(tmp) / str(i), **kw)
+            rows = run_bench(args.run_dirs, cfg, out=Path(tmp) / str(i), data_dir=args.data_dir, progress=False)
             runs.append(({(r["variant"], r["backend"], r["batch_size"]): r["latency_ms_p50"]
                           for r in rows if r["status"] == "ok"}, time.perf_counter() - t0))
     (a, secs_a), (b, secs_b) = runs

@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cnndeploy import rundir  # noqa: E402
+from cnndeploy.artifacts import files as layout  # noqa: E402
+from cnndeploy.models import weights  # noqa: E402
 from cnndeploy.data import load_dataset  # noqa: E402
 from cnndeploy.export import export_onnx  # noqa: E402
 from cnndeploy.models import create_model  # noqa: E402
@@ -48,9 +49,9 @@ def make_run(root: Path, name: str, dataset: str, data_dir: str, *, prune: float
         prune_model(model, shape, amount=prune, method="l2", round_to=8 if name != "lenet5" else None)
     run = root / f"{name}-{dataset}{'-pruned' if prune else ''}"
     run.mkdir(parents=True)
-    rundir.save_weights(run / rundir.WEIGHTS, model)
-    meta = rundir.model_metadata(name, model, ds.metadata())
-    (run / rundir.MODEL_JSON).write_text(json.dumps(meta))
+    weights.save_weights(run / layout.WEIGHTS, model)
+    meta = weights.card_for(name, model, ds.metadata()).to_json()
+    (run / layout.MODEL_JSON).write_text(json.dumps(meta))
     export_onnx(run, data_dir=data_dir)
     images = calibration_images(meta, size=256, seed=0, data_dir=data_dir)
     quantize_file(run / "model.onnx", run / "model.int8-cpu.onnx", images, target="cpu", method="minmax")
@@ -97,8 +98,8 @@ def main() -> None:
                     "lenet5 fp32": (lenet / "model.onnx", lenet_info),
                     "lenet5 int8-cpu": (lenet / "model.int8-cpu.onnx", lenet_info)}
         sessions = {k: ort_session(p) for k, (p, _) in variants.items()}
-        torch_models = {"resnet18 torch-eager fp32": rundir.load_run(r18)[0],
-                        "lenet5 torch-eager fp32": rundir.load_run(lenet)[0]}
+        torch_models = {"resnet18 torch-eager fp32": weights.load_run(r18)[0],
+                        "lenet5 torch-eager fp32": weights.load_run(lenet)[0]}
         samples: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.rounds):  # interleave every variant in every round
             for batch in (1, 64):

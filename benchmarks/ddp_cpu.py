@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cnndeploy import rundir  # noqa: E402
+from cnndeploy.artifacts import files as layout  # noqa: E402
+from cnndeploy.models import weights  # noqa: E402
 from cnndeploy.train.checkpoint import checkpoint_state  # noqa: E402
 
 
@@ -46,15 +47,15 @@ def _timed(cmd: list[str], threads: int) -> float:
 
 
 def _summary(run: Path, wall: float) -> dict:
-    metrics = json.loads((run / rundir.METRICS).read_text())
-    log = [json.loads(line) for line in (run / rundir.LOG).read_text().splitlines()]
+    metrics = json.loads((run / layout.METRICS).read_text())
+    log = [json.loads(line) for line in (run / layout.LOG).read_text().splitlines()]
     return {"wall_seconds": round(wall, 2), "train_seconds": round(sum(r["train_seconds"] for r in log), 2),
-            "test_accuracy": metrics["test_accuracy"], "steps": checkpoint_state(run / rundir.CHECKPOINT)["step"],
+            "test_accuracy": metrics["test_accuracy"], "steps": checkpoint_state(run / layout.CHECKPOINT)["step"],
             "world_size": metrics["world_size"]}
 
 
 def _max_diff(a: Path, b: Path) -> float:
-    wa, wb = (rundir.load_tensors(p / rundir.WEIGHTS)[0] for p in (a, b))
+    wa, wb = (weights.load_tensors(p / layout.WEIGHTS)[0] for p in (a, b))
     return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 
 

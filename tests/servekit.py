@@ -58,13 +58,13 @@ def _cifar_subset(archive: Path, out: Path, per_class_train: int = 300, per_clas
 
 def _train_export_quant(*, dataset: str, data_dir: Path, out: Path, epochs: int, batch_size: int) -> Path:
     from cnndeploy.export import export_onnx
-    from cnndeploy.quant import quantize_run
+    from cnndeploy.quant import QuantConfig, quantize_run
     from cnndeploy.train.fit import TrainConfig, train
 
     train(TrainConfig(model="lenet5", dataset=dataset, out=str(out), data_dir=str(data_dir), epochs=epochs,
                       batch_size=batch_size, device="cpu"), progress=False)
     export_onnx(out, data_dir=str(data_dir))
-    quantize_run(out, target="cpu", calib_size=128, data_dir=str(data_dir))
+    quantize_run(out, QuantConfig(target="cpu", calib_size=128), data_dir=str(data_dir))
     return out
 
 

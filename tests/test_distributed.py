@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnndeploy import rundir
+from cnndeploy.artifacts import files as layout
+from cnndeploy.models import weights
 from cnndeploy.data.device import Augment, DeviceSplit, ShardedSplit
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.models import create_model
@@ -72,7 +73,7 @@ def _train_one_thread(cfg: TrainConfig) -> dict:
 
 
 def _max_diff(a: Path, b: Path) -> float:
-    wa, wb = (rundir.load_tensors(p / rundir.WEIGHTS)[0] for p in (a, b))
+    wa, wb = (weights.load_tensors(p / layout.WEIGHTS)[0] for p in (a, b))
     assert wa.keys() == wb.keys()
     return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 
@@ -80,7 +81,7 @@ def _max_diff(a: Path, b: Path) -> float:
 def _state(run: Path) -> dict:
     from cnndeploy.train.checkpoint import checkpoint_state
 
-    return checkpoint_state(run / rundir.CHECKPOINT)
+    return checkpoint_state(run / layout.CHECKPOINT)
 
 
 # --- the data split, in process ----------------------------------------------------------------

@@ -9,15 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cnndeploy import rundir
+from cnndeploy.artifacts import files as layout
+from cnndeploy.models import weights
 from cnndeploy.cli import main
 from cnndeploy.data import load_dataset
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.export import export_onnx, onnx_export
-from cnndeploy.export.evaluate_onnx import evaluate_onnx
+from cnndeploy.runtime.evaluate import evaluate_onnx
 from cnndeploy.models import create_model, list_models
 from cnndeploy.serve.runtime import Classifier, ImageInputError, ModelFileError
-from cnndeploy.train.evaluate_run import evaluate_run
+from cnndeploy.runtime.evaluate import evaluate_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +32,8 @@ def make_run(root: Path, name: str, data_dir: Path, dataset: str = "mnist") -> P
         model.train()(torch.randn(8, ds.channels, ds.height, ds.width))
     run = root / f"{name}-{dataset}"
     run.mkdir(parents=True)
-    rundir.save_weights(run / rundir.WEIGHTS, model)
-    (run / rundir.MODEL_JSON).write_text(json.dumps(rundir.model_metadata(name, model, ds.metadata())))
+    weights.save_weights(run / layout.WEIGHTS, model)
+    (run / layout.MODEL_JSON).write_text(json.dumps(weights.card_for(name, model, ds.metadata()).to_json()))
     return run
 
 
@@ -57,7 +58,7 @@ def test_export_round_trip_for_every_model(exported, name, mini_mnist):
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 28, 28]
     # The file answers like the PyTorch model at a batch size it was never validated on.
-    model, _ = rundir.load_run(path.parent)
+    model, _ = weights.load_run(path.parent)
     x = np.random.default_rng(0).standard_normal((13, 1, 28, 28)).astype(np.float32)
     ours = Classifier(path).logits(x)
     with torch.no_grad():

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from cnndeploy import rundir
+from cnndeploy.artifacts import files as layout
+from cnndeploy.models import weights
 from cnndeploy.cli import main
 from cnndeploy.models import create_model
 from cnndeploy.train.fit import TrainConfig, train
@@ -45,7 +46,7 @@ def test_prune_cli_writes_a_run_that_every_command_takes(mini_mnist, tmp_path, c
     assert main(["eval", str(pruned), "--data-dir", str(mini_mnist)]) == 0
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == report["after_finetune"]["test_accuracy"]
     assert main(["export", str(pruned), "--onnx", "--data-dir", str(mini_mnist)]) == 0
-    model, _ = rundir.load_run(pruned)
+    model, _ = weights.load_run(pruned)
     assert sum(p.numel() for p in model.parameters()) == report["after_finetune"]["params"]
 
 

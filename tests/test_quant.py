@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 from cnndeploy.cli import main
 from cnndeploy.errors import CnnDeployError
-from cnndeploy.quant import quantize_run
+from cnndeploy.quant import QuantConfig, quantize_run
 from cnndeploy.train.fit import TrainConfig, train
 
 
@@ -32,7 +32,7 @@ def _zero_points(path: Path, op: str) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("target,file", [("cpu", "model.int8-cpu.onnx"), ("tensorrt", "model.int8-trt.onnx")])
 def test_quantized_lenet_stays_within_one_point(trained, mini_mnist, target, file):
-    report = quantize_run(trained, target=target, calib_size=256, data_dir=str(mini_mnist))
+    report = quantize_run(trained, QuantConfig(target=target, calib_size=256), data_dir=str(mini_mnist))
     assert report["file"] == file and (trained / file).is_file()
     assert report["accuracy_drop_points"] <= 1.0 and report["int8_accuracy"] > 0.9
     assert report["int8_bytes"] < report["fp32_bytes"]
@@ -52,7 +52,7 @@ def test_quant_cli_and_bad_arguments(trained, mini_mnist, tmp_path, capsys):
                  "--data-dir", str(mini_mnist)]) == 0
     assert "model.int8-cpu.onnx: test accuracy" in capsys.readouterr().out
     with pytest.raises(CnnDeployError, match="--target"):
-        quantize_run(trained, target="gpu")
+        quantize_run(trained, QuantConfig(target="gpu"))
     (tmp_path / "model.json").write_text(json.dumps(json.loads((trained / "model.json").read_text())))
     code = main(["quant", str(tmp_path), "--data-dir", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
@@ -64,7 +64,7 @@ def test_fp32_accuracy_is_reused_only_for_the_same_file_and_test_images(trained,
                                                                          monkeypatch):
     import shutil
 
-    import cnndeploy.export.evaluate_onnx as evaluate_module
+    import cnndeploy.runtime.evaluate as evaluate_module
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -73,8 +73,8 @@ def test_fp32_accuracy_is_reused_only_for_the_same_file_and_test_images(trained,
     real = evaluate_module.evaluate_onnx
     monkeypatch.setattr(evaluate_module, "evaluate_onnx",
                         lambda path, **kw: evaluated.append(Path(path).name) or real(path, **kw))
-    first = quantize_run(run, target="cpu", calib_size=64, data_dir=str(mini_mnist))
-    second = quantize_run(run, target="tensorrt", calib_size=64, data_dir=str(mini_mnist))
+    first = quantize_run(run, QuantConfig(target="cpu", calib_size=64), data_dir=str(mini_mnist))
+    second = quantize_run(run, QuantConfig(target="tensorrt", calib_size=64), data_dir=str(mini_mnist))
     assert evaluated == ["model.onnx", "model.int8-cpu.onnx", "model.int8-trt.onnx"]
     assert second["fp32_accuracy"] == first["fp32_accuracy"]
     assert second["fp32_sha256"] == first["fp32_sha256"] and len(first["test_set_sha256"]) == 64
@@ -82,7 +82,7 @@ def test_fp32_accuracy_is_reused_only_for_the_same_file_and_test_images(trained,
     model = onnx.load(str(run / "model.onnx"))
     model.doc_string = "re-exported"
     onnx.save(model, str(run / "model.onnx"))
-    quantize_run(run, target="cpu", calib_size=64, data_dir=str(mini_mnist))
+    quantize_run(run, QuantConfig(target="cpu", calib_size=64), data_dir=str(mini_mnist))
     assert evaluated[3:] == ["model.onnx", "model.int8-cpu.onnx"]
 
 

@@ -25,7 +25,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from cnndeploy import rundir
+from cnndeploy.artifacts import files as layout
+from cnndeploy.models import weights
 from cnndeploy.cli import main
 from cnndeploy.data import load_dataset
 from cnndeploy.errors import CheckpointError, DatasetError
@@ -48,9 +49,9 @@ def tiny_run(root: Path, name: str = "run", **meta_overrides) -> Path:
     model = create_model("lenet5", 10, 1, 28, 28)
     run = root / name
     run.mkdir(parents=True)
-    rundir.save_weights(run / rundir.WEIGHTS, model)
-    meta = {**rundir.model_metadata("lenet5", model, MNIST_META), **meta_overrides}
-    (run / rundir.MODEL_JSON).write_text(json.dumps(meta))
+    weights.save_weights(run / layout.WEIGHTS, model)
+    meta = {**weights.card_for("lenet5", model, MNIST_META).to_json(), **meta_overrides}
+    (run / layout.MODEL_JSON).write_text(json.dumps(meta))
     return run
 
 
@@ -134,13 +135,13 @@ def test_pickles_are_refused_on_every_path(hostile_pt, tmp_path, mini_mnist, cap
     code, err = cli(capsys, "eval", str(evil))
     assert code == 2 and "never loaded" in err and str(evil) in err
     run = tiny_run(tmp_path)
-    (run / rundir.WEIGHTS).write_bytes(evil.read_bytes())      # a pickle named model.safetensors
+    (run / layout.WEIGHTS).write_bytes(evil.read_bytes())      # a pickle named model.safetensors
     for args in (["eval", str(run)], ["export", str(run), "--onnx", "--data-dir", str(mini_mnist)],
                  ["prune", str(run), "--amount", "0.5", "--data-dir", str(mini_mnist)]):
         code, err = cli(capsys, *args)
         assert code == 2 and "corrupt or incomplete" in err, args
-    (run / rundir.WEIGHTS).unlink()
-    (run / rundir.CHECKPOINT).write_bytes(evil.read_bytes())   # and one named checkpoint.safetensors
+    (run / layout.WEIGHTS).unlink()
+    (run / layout.CHECKPOINT).write_bytes(evil.read_bytes())   # and one named checkpoint.safetensors
     code, err = cli(capsys, "train", "--model", "lenet5", "--dataset", "mnist", "--out", str(run), "--resume")
     assert code == 2 and "corrupt or incomplete" in err
     cfg = TrainConfig(model="lenet5", dataset="mnist", out=str(tmp_path / "init"), data_dir=str(mini_mnist),
@@ -173,13 +174,13 @@ def test_no_code_path_can_unpickle():
 @pytest.mark.parametrize("cut", ["4 bytes", "half the header", "half the body", "the last byte"])
 def test_truncated_weights_are_corrupt_or_incomplete(tmp_path, cut, capsys):
     run = tiny_run(tmp_path)
-    data = (run / rundir.WEIGHTS).read_bytes()
+    data = (run / layout.WEIGHTS).read_bytes()
     header = 8 + struct.unpack("<Q", data[:8])[0]
     keep = {"4 bytes": 4, "half the header": header // 2, "half the body": (header + len(data)) // 2,
             "the last byte": len(data) - 1}[cut]
-    (run / rundir.WEIGHTS).write_bytes(data[:keep])
+    (run / layout.WEIGHTS).write_bytes(data[:keep])
     code, err = cli(capsys, "eval", str(run))
-    assert code == 2 and "corrupt or incomplete" in err and str(run / rundir.WEIGHTS) in err
+    assert code == 2 and "corrupt or incomplete" in err and str(run / layout.WEIGHTS) in err
 
 
 def _safetensors(header: dict | None, body: bytes = b"", claimed_len: int | None = None) -> bytes:
@@ -202,7 +203,7 @@ HOSTILE_SAFETENSORS = {
 _LIMITED_LOAD = """
 import resource, sys
 from cnndeploy.errors import CheckpointError
-from cnndeploy.rundir import load_tensors
+from cnndeploy.models.weights import load_tensors
 vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + (768 << 20), resource.RLIM_INFINITY))
 try:
@@ -238,15 +239,15 @@ def test_hostile_safetensors_headers_are_refused_before_allocating(tmp_path):
 
 def test_missing_and_extra_keys_are_listed(tmp_path):
     run = tiny_run(tmp_path)
-    state, _ = rundir.load_tensors(run / rundir.WEIGHTS)
+    state, _ = weights.load_tensors(run / layout.WEIGHTS)
     missing = sorted(state)[0]
     del state[missing]
     state["head.surprise"] = torch.zeros(3)
     from safetensors.torch import save_file
 
-    save_file(state, str(run / rundir.WEIGHTS))
+    save_file(state, str(run / layout.WEIGHTS))
     with pytest.raises(CheckpointError) as info:
-        rundir.load_run(run)
+        weights.load_run(run)
     msg = str(info.value)
     assert f"missing keys ['{missing}']" in msg and "unexpected keys ['head.surprise']" in msg
     assert "model.json" in msg
@@ -268,7 +269,7 @@ BAD_MODEL_JSON = [
 @pytest.mark.parametrize("content,expected", BAD_MODEL_JSON)
 def test_bad_model_json_is_one_clear_error(tmp_path, capsys, content, expected):
     run = tiny_run(tmp_path)
-    meta_path = run / rundir.MODEL_JSON
+    meta_path = run / layout.MODEL_JSON
     if content is None:
         meta_path.unlink()
     elif isinstance(content, dict):

@@ -24,7 +24,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from cnndeploy import rundir
+from cnndeploy.artifacts import ModelCard
+from cnndeploy.artifacts import files as layout
+from cnndeploy.models import weights
 from cnndeploy.cli import main
 from cnndeploy.errors import CnnDeployError, TrainingError
 from cnndeploy.fileio import WriteError, atomic_path, write_bytes_atomic
@@ -55,7 +57,7 @@ def _assert_every_final_file_is_complete(run: Path) -> None:
         if p.name.startswith("."):
             assert p.name.endswith(".tmp"), p.name
         elif p.suffix == ".safetensors":
-            rundir.load_tensors(p)
+            weights.load_tensors(p)
         elif p.suffix == ".json":
             json.loads(p.read_text())
         elif p.suffix == ".jsonl":
@@ -109,11 +111,11 @@ def straight(mini_mnist, tmp_path_factory) -> dict[str, torch.Tensor]:
     out = tmp_path_factory.mktemp("straight") / "run"
     proc = _cnndeploy("train", *TRAIN_ARGS, "--data-dir", str(mini_mnist), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    return rundir.load_tensors(out / rundir.WEIGHTS)[0]
+    return weights.load_tensors(out / layout.WEIGHTS)[0]
 
 
 def _same_weights(run: Path, reference: dict[str, torch.Tensor]) -> bool:
-    got = rundir.load_tensors(run / rundir.WEIGHTS)[0]
+    got = weights.load_tensors(run / layout.WEIGHTS)[0]
     return got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in got)
 
 
@@ -132,14 +134,14 @@ def test_sigkill_while_writing_a_checkpoint(mini_mnist, tmp_path, straight):
     sha_before, partial = ready.read_text().split(" ", 1)
     # Killed half-way through epoch 2's checkpoint: a partial temporary file, the old checkpoint intact.
     assert Path(partial).is_file() and Path(partial).name.startswith(".checkpoint.safetensors.")
-    assert _sha(run / rundir.CHECKPOINT) == sha_before
-    assert checkpoint_state(run / rundir.CHECKPOINT)["epoch"] == 1
+    assert _sha(run / layout.CHECKPOINT) == sha_before
+    assert checkpoint_state(run / layout.CHECKPOINT)["epoch"] == 1
     _assert_every_final_file_is_complete(run)
-    assert not (run / rundir.METRICS).exists() and not (run / rundir.WEIGHTS).exists()
+    assert not (run / layout.METRICS).exists() and not (run / layout.WEIGHTS).exists()
     proc = _cnndeploy("train", *TRAIN_ARGS, "--data-dir", str(mini_mnist), "--out", str(run), "--resume")
     assert proc.returncode == 0, proc.stderr
     assert "resuming" in proc.stderr and "after epoch 1 of 3" in proc.stderr
-    assert [json.loads(x)["epoch"] for x in (run / rundir.LOG).read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(x)["epoch"] for x in (run / layout.LOG).read_text().splitlines()] == [1, 2, 3]
     assert _same_weights(run, straight)   # 13: killed + resumed == uninterrupted
 
 
@@ -150,9 +152,9 @@ def test_sigkill_at_random_moments_then_resume(mini_mnist, tmp_path, straight):
     run, rng = tmp_path / "run", random.Random(6)
     kills, startup = 0, None
     for attempt in range(6):
-        if (run / rundir.METRICS).exists():   # killed while exiting, after the run was complete
+        if (run / layout.METRICS).exists():   # killed while exiting, after the run was complete
             break
-        resume = ["--resume"] if (run / rundir.CHECKPOINT).exists() else []
+        resume = ["--resume"] if (run / layout.CHECKPOINT).exists() else []
         t0 = time.monotonic()
         child = subprocess.Popen([sys.executable, "-m", "cnndeploy", "train", *TRAIN_ARGS, "--data-dir",
                                   str(mini_mnist), "--out", str(run), *resume], cwd=REPO,
@@ -174,7 +176,7 @@ def test_sigkill_at_random_moments_then_resume(mini_mnist, tmp_path, straight):
             break
         assert child.returncode == -signal.SIGKILL, err.decode()
     assert kills >= 1
-    assert json.loads((run / rundir.METRICS).read_text())["epochs"] == 3
+    assert json.loads((run / layout.METRICS).read_text())["epochs"] == 3
     assert _same_weights(run, straight)
 
 
@@ -204,10 +206,10 @@ def test_nan_gradient_in_the_last_step_keeps_the_last_good_checkpoint(mini_mnist
     with pytest.raises(TrainingError, match=r"weights became NaN or infinite during epoch 2 "
                                             r"\(features\.0\.weight.*last good checkpoint was kept"):
         train(_cfg(mini_mnist, out), progress=False)
-    assert checkpoint_state(out / rundir.CHECKPOINT)["epoch"] == 1
-    with safe_open(str(out / rundir.CHECKPOINT), "pt") as f:
+    assert checkpoint_state(out / layout.CHECKPOINT)["epoch"] == 1
+    with safe_open(str(out / layout.CHECKPOINT), "pt") as f:
         assert all(torch.isfinite(f.get_tensor(k)).all() for k in f.keys() if k.startswith("model."))
-    assert not (out / rundir.METRICS).exists() and not (out / rundir.WEIGHTS).exists()
+    assert not (out / layout.METRICS).exists() and not (out / layout.WEIGHTS).exists()
 
 
 # ---------------------------------------------------------------- 15. disk full
@@ -253,10 +255,10 @@ def test_disk_full_while_writing_a_checkpoint(mini_mnist, tmp_path, monkeypatch,
         code = main(["train", *TRAIN_ARGS, "--data-dir", str(mini_mnist), "--out", str(run)])
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err
-        assert f"error: cannot write {run / rundir.CHECKPOINT}: No space left on device" in err
-        assert _sha(run / rundir.CHECKPOINT) == saved["sha"]
-        assert checkpoint_state(run / rundir.CHECKPOINT)["epoch"] == 1
-        assert _no_temporaries(run) and not (run / rundir.METRICS).exists()
+        assert f"error: cannot write {run / layout.CHECKPOINT}: No space left on device" in err
+        assert _sha(run / layout.CHECKPOINT) == saved["sha"]
+        assert checkpoint_state(run / layout.CHECKPOINT)["epoch"] == 1
+        assert _no_temporaries(run) and not (run / layout.METRICS).exists()
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +272,7 @@ def exported_run(mini_mnist, tmp_path_factory) -> Path:
 
     run = tiny_run(tmp_path_factory.mktemp("exported"))
     export_onnx(run, data_dir=str(mini_mnist))
-    meta = rundir.read_model_json(run)
+    meta = ModelCard.read(run)
     quantize_file(run / "model.onnx", run / "model.int8-cpu.onnx",
                   calibration_images(meta, size=32, seed=0, data_dir=str(mini_mnist)), target="cpu",
                   method="minmax")
@@ -300,7 +302,7 @@ def test_safetensors_disk_error_is_a_write_error(tmp_path, monkeypatch):
     import safetensors.torch as st
     from safetensors import SafetensorError
 
-    target = tmp_path / rundir.WEIGHTS
+    target = tmp_path / layout.WEIGHTS
     target.write_bytes(b"old weights")
 
     def full(tensors, filename, metadata=None):
@@ -308,7 +310,7 @@ def test_safetensors_disk_error_is_a_write_error(tmp_path, monkeypatch):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
     monkeypatch.setattr(st, "save_file", full)
     with pytest.raises(WriteError, match=rf"cannot write {target}: No space left on device"):
-        rundir.save_safetensors(target, {"w": torch.zeros(2)})
+        weights.save_safetensors(target, {"w": torch.zeros(2)})
     assert target.read_bytes() == b"old weights" and _no_temporaries(tmp_path)
 
 
@@ -331,9 +333,9 @@ def test_final_files_get_the_usual_mode(tmp_path):
     """Bug found here: safetensors files came out 0600 (mkstemp's mode) while JSON files were 0644."""
     umask = os.umask(0o022)
     try:
-        rundir.save_weights(tmp_path / rundir.WEIGHTS, torch.nn.Linear(2, 2))
+        weights.save_weights(tmp_path / layout.WEIGHTS, torch.nn.Linear(2, 2))
         write_bytes_atomic(tmp_path / "x.json", b"{}")
     finally:
         os.umask(umask)
     assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == \
-        {rundir.WEIGHTS: 0o644, "x.json": 0o644}
+        {layout.WEIGHTS: 0o644, "x.json": 0o644}

@@ -48,7 +48,7 @@ def test_fp32_engine_matches_onnx(mini_mnist, tmp_path):
 
     from cnndeploy.export import export_onnx
     from cnndeploy.export.tensorrt import TensorRTRunner, build_engine
-    from cnndeploy.rundir import load_run
+    from cnndeploy.models.weights import load_run
 
     run = make_run(tmp_path, "resnet20", mini_mnist)
     export_onnx(run, data_dir=str(mini_mnist))

@@ -5,11 +5,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from cnndeploy import rundir
+from cnndeploy.artifacts import files as layout
+from cnndeploy.models import weights
 from cnndeploy.cli import main
 from cnndeploy.errors import CnnDeployError, TrainingError
 from cnndeploy.train import fit
-from cnndeploy.train.evaluate_run import evaluate_run
+from cnndeploy.runtime.evaluate import evaluate_run
 from cnndeploy.train.fit import TrainConfig, train
 
 RUN_FILES = {"model.safetensors", "model.json", "metrics.json", "log.jsonl", "curves.png",
@@ -22,7 +23,7 @@ def _cfg(mini_mnist: Path, out: Path, **kw) -> TrainConfig:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return rundir.load_tensors(run / rundir.WEIGHTS)[0]
+    return weights.load_tensors(run / layout.WEIGHTS)[0]
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +72,11 @@ def test_eval_remeasures_the_same_accuracy_from_the_files(lenet_run, mini_mnist)
 
 def test_checkpoint_and_weights_round_trip(lenet_run):
     out, _ = lenet_run
-    model, meta = rundir.load_run(out)
-    ckpt = rundir.load_tensors(out / rundir.CHECKPOINT)[0]
+    model, meta = weights.load_run(out)
+    ckpt = weights.load_tensors(out / layout.CHECKPOINT)[0]
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt["model." + key])
-    with safe_open(str(out / rundir.CHECKPOINT), "pt") as f:
+    with safe_open(str(out / layout.CHECKPOINT), "pt") as f:
         state = json.loads(f.metadata()["state"])
     assert state["epoch"] == 2 and state["step"] > 0 and len(state["history"]) == 2
     assert {"rng.torch", "rng.data"} <= set(ckpt)
@@ -146,7 +147,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mini_mnist, tmp_path,
     with pytest.raises(TrainingError, match=r"loss became nan at epoch 2.*last good checkpoint"):
         train(_cfg(mini_mnist, out, epochs=3, subset=256), progress=False)
     assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
-    with safe_open(str(out / rundir.CHECKPOINT), "pt") as f:
+    with safe_open(str(out / layout.CHECKPOINT), "pt") as f:
         assert json.loads(f.metadata()["state"])["epoch"] == 1
         assert all(torch.isfinite(f.get_tensor(k)).all() for k in f.keys() if k.startswith("model."))
 
@@ -201,10 +202,10 @@ def test_corrupt_weights_and_checkpoints_are_named_as_such(lenet_run, tmp_path, 
     run = tmp_path / "copy"
     run.mkdir()
     (run / "model.json").write_bytes((out / "model.json").read_bytes())
-    (run / rundir.WEIGHTS).write_bytes(content)
-    (run / rundir.CHECKPOINT).write_bytes(content)
+    (run / layout.WEIGHTS).write_bytes(content)
+    (run / layout.CHECKPOINT).write_bytes(content)
     with pytest.raises(CnnDeployError, match="corrupt or incomplete"):
-        rundir.load_run(run)
+        weights.load_run(run)
     with pytest.raises(CnnDeployError, match="corrupt or incomplete"):
         train(TrainConfig(model="lenet5", dataset="mnist", out=str(run)), resume=True)
 
@@ -216,9 +217,9 @@ def test_mismatched_weights_list_the_keys(lenet_run, tmp_path):
     meta = json.loads((out / "model.json").read_text())
     meta["widths"]["fc"] = [100, 84]
     (run / "model.json").write_text(json.dumps(meta))
-    (run / rundir.WEIGHTS).write_bytes((out / rundir.WEIGHTS).read_bytes())
+    (run / layout.WEIGHTS).write_bytes((out / layout.WEIGHTS).read_bytes())
     with pytest.raises(CnnDeployError, match=r"mis-shaped.*classifier\.0\.weight"):
-        rundir.load_run(run)
+        weights.load_run(run)
 
 
 def _png_tree(root: Path, size: int) -> Path:

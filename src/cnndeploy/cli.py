@@ -248,18 +248,9 @@ def _cmd_train(args: argparse.Namespace, explicit: set[str]) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace, explicit: set[str]) -> int:
-    if args.run_dir.endswith(".onnx"):
-        from cnndeploy.export.evaluate_onnx import evaluate_onnx
+    from cnndeploy.runtime.evaluate import evaluate_path
 
-        result = evaluate_onnx(args.run_dir, dataset=args.dataset, data_dir=args.data_dir)
-    elif args.run_dir.endswith(".engine"):
-        from cnndeploy.export.tensorrt import evaluate_engine
-
-        result = evaluate_engine(args.run_dir, dataset=args.dataset, data_dir=args.data_dir)
-    else:
-        from cnndeploy.train.evaluate_run import evaluate_run
-
-        result = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, device=args.device)
+    result = evaluate_path(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, device=args.device)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -316,37 +307,37 @@ def _export_triton(args: argparse.Namespace) -> None:
 
 
 def _cmd_quant(args: argparse.Namespace, explicit: set[str]) -> int:
-    from cnndeploy.quant import quantize_run
+    from cnndeploy.quant import QuantConfig, quantize_run
 
-    r = quantize_run(args.run_dir, target=args.target, calib_size=args.calib_size, method=args.method,
-                     seed=args.seed, data_dir=args.data_dir)
-    print(f"{r['file']}: test accuracy {100 * r['int8_accuracy']:.2f}% vs {100 * r['fp32_accuracy']:.2f}% "
-          f"FP32 (drop {r['accuracy_drop_points']:+.2f} points), {r['int8_bytes'] / 1e6:.2f} MB vs "
-          f"{r['fp32_bytes'] / 1e6:.2f} MB")
+    cfg = QuantConfig(target=args.target, calib_size=args.calib_size, method=args.method, seed=args.seed)
+    r = quantize_run(args.run_dir, cfg, data_dir=args.data_dir)
+    print(f"{r.file}: test accuracy {100 * r.int8_accuracy:.2f}% vs {100 * r.fp32_accuracy:.2f}% "
+          f"FP32 (drop {r.accuracy_drop_points:+.2f} points), {r.int8_bytes / 1e6:.2f} MB vs "
+          f"{r.fp32_bytes / 1e6:.2f} MB")
     return 0
 
 
 def _cmd_prune(args: argparse.Namespace, explicit: set[str]) -> int:
-    from cnndeploy.train.prune import prune_run
+    from cnndeploy.train.prune import PruneConfig, prune_run
 
-    r = prune_run(args.run_dir, amount=args.amount, method=args.method, finetune_epochs=args.finetune_epochs,
-                  round_to=args.round_to, out=args.out, lr=args.lr, data_dir=args.data_dir,
-                  device=args.device, precision=args.precision, distill=args.distill,
+    cfg = PruneConfig(amount=args.amount, method=args.method, finetune_epochs=args.finetune_epochs,
+                      round_to=args.round_to or None, lr=args.lr, precision=args.precision, distill=args.distill)
+    r = prune_run(args.run_dir, cfg, out=args.out, data_dir=args.data_dir, device=args.device,
                   progress=not args.no_progress)
-    b, p, f = r["before"], r["pruned_before_finetune"], r["after_finetune"]
-    print(f"MACs {b['macs'] / 1e6:.2f}M -> {p['macs'] / 1e6:.2f}M ({r['macs_reduction']:.2f}x fewer), "
+    b, p, f = r.before, r.pruned_before_finetune, r.after_finetune
+    print(f"MACs {b['macs'] / 1e6:.2f}M -> {p['macs'] / 1e6:.2f}M ({r.macs_reduction:.2f}x fewer), "
           f"params {b['params'] / 1e6:.3f}M -> {p['params'] / 1e6:.3f}M; test accuracy "
           f"{100 * b['test_accuracy']:.2f}% -> {100 * p['test_accuracy']:.2f}% pruned -> "
-          f"{100 * f['test_accuracy']:.2f}% after {r['finetune_epochs']} fine-tune epochs")
+          f"{100 * f['test_accuracy']:.2f}% after {r.finetune_epochs} fine-tune epochs")
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace, explicit: set[str]) -> int:
-    from cnndeploy.bench.harness import run_bench
+    from cnndeploy.bench.harness import BenchConfig, run_bench
 
-    rows = run_bench(args.run_dirs, backends=[b for b in args.backends.split(",") if b], batch_sizes=args.batch_sizes, threads=args.threads,
-                     out=args.out, data_dir=args.data_dir, min_seconds=args.min_seconds,
-                     progress=not args.no_progress)
+    cfg = BenchConfig(backends=[b for b in args.backends.split(",") if b], batch_sizes=args.batch_sizes,
+                      threads=args.threads, min_seconds=args.min_seconds)
+    rows = run_bench(args.run_dirs, cfg, out=args.out, data_dir=args.data_dir, progress=not args.no_progress)
     ok = sum(r["status"] == "ok" for r in rows)
     print(f"{len(rows)} rows ({ok} measured, {len(rows) - ok} skipped or failed) -> {args.out}/bench.md")
     return 0

@@ -6,7 +6,6 @@ import torch
 
 from cnndeploy.errors import CnnDeployError
 
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -17,11 +16,3 @@ def pick_device(name: str) -> torch.device:
         raise CnnDeployError(f"--device {name!r}: expected auto, cpu or cuda")
     return torch.device(name)
 
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (x86 AVX512-BF16 / AMX, Arm BF16)."""
-    from cnndeploy.bench.peak import cpuinfo_fields
-
-    info = cpuinfo_fields() or {}
-    flags = set((info.get("flags", "") + " " + info.get("Features", "")).split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})

@@ -1,14 +1,18 @@
 """`cnndeploy pipeline`: train -> prune + fine-tune -> ONNX -> INT8 -> TensorRT -> bench -> report.md.
 
-Each stage is a make-like rule: it is skipped when all its outputs exist and are newer than
-its inputs. Every artifact is written atomically (a final name appears only once the file is
+Each stage is a make-like rule: it is skipped when all its outputs exist, are newer than its
+inputs, and were made with the options asked for now (each stage records the config it ran
+with). Every artifact is written atomically (a final name appears only once the file is
 complete), so "exists and fresh" means "complete", and an interrupted stage is simply redone:
 an interrupted training run resumes from its checkpoint, an unfinished pruned run directory
-is discarded and pruned again.
+is discarded and pruned again. A finished training run is never retrained: asked for other
+hyper-parameters, the pipeline refuses and names them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -17,11 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cnndeploy import rundir
+from cnndeploy.artifacts import files as layout
+from cnndeploy.artifacts import records
+from cnndeploy.bench.harness import BenchConfig
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import write_json_atomic
+from cnndeploy.quant.ptq import QuantConfig
+from cnndeploy.train.prune import PruneConfig
 
 log = logging.getLogger("cnndeploy")
+# Where and how a run is computed, not what it computes: may differ from the recorded run.
+PLACE_NOT_RECIPE = ("out", "device", "data_dir", "download", "model", "dataset", "init_weights", "teacher")
 
 
 @dataclass
@@ -30,17 +40,28 @@ class PipelineConfig:
     models: list[str]
     out: str = "pipeline"
     epochs: str | int | None = None    # N for all, "lenet5=6,resnet18=2", or None (recipes)
-    prune: float = 0.5                 # fraction of channels; 0 skips pruning
-    finetune_epochs: int | None = None
-    distill: bool = False              # fine-tune the pruned model against the unpruned one (KD)
-    backends: list[str] = field(default_factory=lambda: ["torch", "ort", "ort-cuda", "tensorrt"])
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 32, 256])
-    threads: int | None = None
-    min_seconds: float = 1.0
+    seed: int = 0
     device: str = "auto"
     precision: str = "auto"            # training compute, as `train --precision`
-    seed: int = 0
     data_dir: str | None = None
+    prune: PruneConfig | None = field(default_factory=PruneConfig)   # None: no pruned variants
+    quant: QuantConfig = field(default_factory=QuantConfig)          # run for both targets
+    bench: BenchConfig = field(default_factory=lambda: BenchConfig(
+        backends=["torch", "ort", "ort-cuda", "tensorrt"], batch_sizes=[1, 32, 256]))
+
+    def train_config(self, model: str, out: Path, epochs: int | None):
+        from cnndeploy.train.fit import TrainConfig
+
+        return TrainConfig(model=model, dataset=self.dataset, out=str(out), epochs=epochs, seed=self.seed,
+                           device=self.device, data_dir=self.data_dir, precision=self.precision)
+
+    def to_json(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    """As JSON would give it back (tuples become lists), so a recorded config compares equal."""
+    return json.loads(json.dumps(value, default=str))
 
 
 @dataclass
@@ -49,12 +70,31 @@ class Stage:
     outputs: list[Path]
     inputs: list[Path]
     action: Callable[[], Any]
+    wanted: dict[str, Any] | None = None                       # the config this stage runs with ...
+    recorded: Callable[[], dict[str, Any] | None] | None = None  # ... and the one its outputs were made with
+
+    def stale(self) -> str | None:
+        """Why the stage must run, or None when its outputs are complete, fresh and made as asked."""
+        if not all(p.is_file() for p in self.outputs):
+            return "outputs missing"
+        newest_input = max((p.stat().st_mtime for p in self.inputs if p.is_file()), default=0.0)
+        if min(p.stat().st_mtime for p in self.outputs) < newest_input:
+            return "inputs changed"
+        if self.wanted is not None and self.recorded is not None:
+            recorded = self.recorded()
+            if recorded is None or _plain(recorded) != _plain(self.wanted):
+                return f"made with other options ({_difference(recorded, self.wanted)})"
+        return None
 
     def complete(self) -> bool:
-        if not all(p.is_file() for p in self.outputs):
-            return False
-        newest_input = max((p.stat().st_mtime for p in self.inputs if p.is_file()), default=0.0)
-        return min(p.stat().st_mtime for p in self.outputs) >= newest_input
+        return self.stale() is None
+
+
+def _difference(recorded: dict | None, wanted: dict) -> str:
+    if not recorded:
+        return "none recorded"
+    keys = sorted(k for k in set(recorded) | set(wanted) if _plain(recorded.get(k)) != _plain(wanted.get(k)))
+    return ", ".join(f"{k}: {recorded.get(k)!r} -> {wanted.get(k)!r}" for k in keys)
 
 
 def parse_epochs(text: str | int | None, models: list[str]) -> dict[str, int | None]:
@@ -77,8 +117,8 @@ def parse_epochs(text: str | int | None, models: list[str]) -> dict[str, int | N
 
 
 def _check(cfg: PipelineConfig) -> dict[str, int | None]:
-    from cnndeploy.bench.runners import check_backends
     from cnndeploy.models import list_models
+    from cnndeploy.runtime.runners import check_backends
     from cnndeploy.train.fit import check_precision
 
     unknown = [m for m in cfg.models if m not in list_models()]
@@ -86,9 +126,10 @@ def _check(cfg: PipelineConfig) -> dict[str, int | None]:
         raise CnnDeployError(f"--models: unknown {unknown}; expected some of {', '.join(list_models())}")
     if len(set(cfg.models)) != len(cfg.models):
         raise CnnDeployError(f"--models {','.join(cfg.models)}: a model is named twice")
-    if not 0 <= cfg.prune < 1:
-        raise CnnDeployError(f"--prune {cfg.prune}: expected a fraction of channels in [0, 1) (0 skips pruning)")
-    check_backends(cfg.backends)
+    if cfg.prune is not None:
+        cfg.prune.check()
+    cfg.quant.check()
+    check_backends(cfg.bench.backends)
     check_precision(cfg.precision)
     return parse_epochs(cfg.epochs, cfg.models)
 
@@ -98,55 +139,75 @@ def dataset_tag(dataset: str) -> str:
 
 
 def _train_stage(cfg: PipelineConfig, model: str, run: Path, epochs: int | None, progress: bool) -> Stage:
-    from cnndeploy.train.fit import TrainConfig, train
+    from cnndeploy.train.fit import train
+
+    train_cfg = cfg.train_config(model, run, epochs)
 
     def action() -> None:
-        resume = (run / rundir.CHECKPOINT).is_file()
+        resume = (run / layout.CHECKPOINT).is_file()
         if resume:
             log.info("%s: an interrupted training run is here: resuming it", run)
-        train(TrainConfig(model=model, dataset=cfg.dataset, out=str(run), epochs=epochs, seed=cfg.seed,
-                          device=cfg.device, data_dir=cfg.data_dir, precision=cfg.precision),
-              resume=resume, explicit={"epochs"} if epochs else set(), progress=progress)
-    return Stage(f"{model}: train", [run / rundir.METRICS], [], action)
+        train(train_cfg, resume=resume, explicit={"epochs"} if epochs else set(), progress=progress)
+    return Stage(f"{model}: train", [run / layout.METRICS], [], action)
 
 
-def _check_epochs(run: Path, epochs: int | None) -> None:
-    """A finished run trained for a different number of epochs is not what was asked for."""
-    done = rundir.read_json_if_exists(run / rundir.METRICS)
-    if done and epochs is not None and done.get("epochs") != epochs:
+def _check_finished_run(cfg: PipelineConfig, model: str, run: Path, epochs: int | None) -> None:
+    """A finished run trained with other hyper-parameters is not what was asked for, and is not retrained."""
+    done = records.read_metrics(run)
+    if not done:
+        return
+    if epochs is not None and done.get("epochs") != epochs:
         raise CnnDeployError(f"{run} was trained for {done.get('epochs')} epochs, not the {epochs} asked for; "
                              "choose another --out (nothing was changed)")
+    wanted = dataclasses.asdict(cfg.train_config(model, run, epochs).resolved())
+    recorded = done.get("config") or {}
+    clash = {k: (recorded.get(k), v) for k, v in wanted.items()
+             if k not in PLACE_NOT_RECIPE and _plain(recorded.get(k)) != _plain(v)}
+    if clash:
+        raise CnnDeployError(f"{run} was trained with other options ("
+                             + ", ".join(f"{k} {a!r}, asked {b!r}" for k, (a, b) in sorted(clash.items()))
+                             + "); choose another --out (nothing was changed)")
 
 
 def _prune_stage(cfg: PipelineConfig, model: str, run: Path, pruned: Path, progress: bool) -> Stage:
     from cnndeploy.train.prune import prune_run
 
+    assert cfg.prune is not None
+    wanted = dataclasses.asdict(cfg.prune)
+
     def action() -> None:
-        if pruned.exists():  # no prune.json: a fine-tune that never finished; it is ours to redo
-            log.info("%s is incomplete (interrupted): pruning again", pruned)
+        if pruned.exists():  # unfinished, or made with other options: the pipeline's own folder to redo
+            log.info("%s is incomplete or was pruned with other options: pruning again", pruned)
             shutil.rmtree(pruned)
-        prune_run(run, amount=cfg.prune, finetune_epochs=cfg.finetune_epochs, out=str(pruned),
-                  data_dir=cfg.data_dir, device=cfg.device, distill=cfg.distill, progress=progress)
-    return Stage(f"{model}: prune {round(100 * cfg.prune)}% + fine-tune",
-                 [pruned / rundir.METRICS, pruned / "prune.json"], [run / rundir.WEIGHTS], action)
+        prune_run(run, cfg.prune, out=str(pruned), data_dir=cfg.data_dir, device=cfg.device, progress=progress)
+
+    def recorded() -> dict | None:
+        record = records.PruneRecord.read(pruned)
+        return record.config if record else None
+    return Stage(f"{model}: prune {round(100 * cfg.prune.amount)}% + fine-tune",
+                 [pruned / layout.METRICS, pruned / layout.PRUNE], [run / layout.WEIGHTS], action, wanted, recorded)
 
 
 def _artifact_stages(cfg: PipelineConfig, label: str, run: Path) -> list[Stage]:
     from cnndeploy.export import export_onnx
     from cnndeploy.quant import quantize_run
 
-    onnx = run / "model.onnx"
-    stages = [Stage(f"{label}: export ONNX", [onnx], [run / rundir.WEIGHTS],
+    onnx = run / layout.ONNX
+    stages = [Stage(f"{label}: export ONNX", [onnx], [run / layout.WEIGHTS],
                     lambda: export_onnx(run, data_dir=cfg.data_dir))]
-    for target, name in (("cpu", "model.int8-cpu.onnx"), ("tensorrt", "model.int8-trt.onnx")):
+    for target, name in layout.QUANT_TARGETS.items():
+        quant = dataclasses.replace(cfg.quant, target=target)
         stages.append(Stage(f"{label}: INT8 ({target})", [run / name], [onnx],
-                            lambda t=target: quantize_run(run, target=t, data_dir=cfg.data_dir)))
+                            lambda q=quant: quantize_run(run, q, data_dir=cfg.data_dir),
+                            dataclasses.asdict(quant),
+                            lambda n=name: records.read_quant(run).get(n, {}).get("config")))
     return stages
 
 
 def _tensorrt_stages(label: str, run: Path) -> list[Stage]:
     """fp32, fp16 and int8 engines where TensorRT and a GPU exist; otherwise a stage that says why not."""
-    from cnndeploy.export.tensorrt import build_engine, engine_name, require_tensorrt
+    from cnndeploy.export.tensorrt import build_engine
+    from cnndeploy.runtime.tensorrt import require_tensorrt
 
     try:
         trt = require_tensorrt()
@@ -155,12 +216,9 @@ def _tensorrt_stages(label: str, run: Path) -> list[Stage]:
     import torch
 
     cc = torch.cuda.get_device_capability()
-    stages = []
-    for precision in ("fp32", "fp16", "int8"):
-        source = run / ("model.int8-trt.onnx" if precision == "int8" else "model.onnx")
-        stages.append(Stage(f"{label}: TensorRT {precision}", [run / engine_name(precision, trt.__version__, cc)],
-                            [source], lambda p=precision: build_engine(run, precision=p)))
-    return stages
+    return [Stage(f"{label}: TensorRT {precision}", [run / layout.engine_name(precision, trt.__version__, cc)],
+                  [run / source], lambda p=precision: build_engine(run, precision=p))
+            for precision, source in layout.ENGINE_SOURCES.items()]
 
 
 class Skipped(Exception):
@@ -179,12 +237,12 @@ def plan(cfg: PipelineConfig, *, progress: bool = True) -> tuple[list[Stage], li
     runs: list[Path] = []
     for model in cfg.models:
         run = out / f"{model}-{tag}"
-        _check_epochs(run, epochs[model])
+        _check_finished_run(cfg, model, run, epochs[model])
         stages.append(_train_stage(cfg, model, run, epochs[model], progress))
         stages += _artifact_stages(cfg, model, run)
         runs.append(run)
-        if cfg.prune:
-            pruned = out / f"{run.name}-pruned{round(100 * cfg.prune)}"
+        if cfg.prune is not None:
+            pruned = out / layout.pruned_run_name(run.name, cfg.prune.amount)
             stages.append(_prune_stage(cfg, model, run, pruned, progress))
             stages += _artifact_stages(cfg, f"{model} pruned", pruned)
             runs.append(pruned)
@@ -196,12 +254,16 @@ def plan(cfg: PipelineConfig, *, progress: bool = True) -> tuple[list[Stage], li
 def _bench_stage(cfg: PipelineConfig, runs: list[Path], progress: bool) -> Stage:
     from cnndeploy.bench.harness import run_bench
 
-    bench = Path(cfg.out) / "bench"
-    inputs = [p for run in runs for p in [run / rundir.WEIGHTS, *run.glob("*.onnx"), *run.glob("*.engine")]]
-    return Stage("bench", [bench / "bench.json"], inputs,
-                 lambda: run_bench(runs, backends=cfg.backends, batch_sizes=cfg.batch_sizes, threads=cfg.threads,
-                                   out=bench, data_dir=cfg.data_dir, min_seconds=cfg.min_seconds,
-                                   progress=progress))
+    bench = Path(cfg.out) / layout.BENCH_DIR
+    inputs = [p for run in runs for p in [run / layout.WEIGHTS, *run.glob("*.onnx"), *run.glob("*.engine")]]
+    wanted = {**dataclasses.asdict(cfg.bench), "runs": [r.name for r in runs]}
+
+    def recorded() -> dict | None:
+        data = records.read_bench(bench)
+        return {**data["config"], "runs": data.get("runs")} if isinstance(data.get("config"), dict) else None
+    return Stage("bench", [bench / layout.BENCH], inputs,
+                 lambda: run_bench(runs, cfg.bench, out=bench, data_dir=cfg.data_dir, progress=progress),
+                 wanted, recorded)
 
 
 def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> Path:
@@ -216,20 +278,21 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> Path:
     total = len(stages) + 1
     for i, stage in enumerate(stages, 1):
         record.append(_run_stage(stage, f"[{i}/{total}]"))
-        write_json_atomic(out / "pipeline.json", _summary(cfg, record, time.perf_counter() - t0))
+        write_json_atomic(out / layout.PIPELINE, _summary(cfg, record, time.perf_counter() - t0))
     # Built last: its inputs are the artifacts the stages above have just written.
     record.append(_run_stage(_bench_stage(cfg, runs, progress), f"[{total}/{total}]"))
     summary = _summary(cfg, record, time.perf_counter() - t0)
-    write_json_atomic(out / "pipeline.json", summary)
-    return write_report(out, runs=runs, bench_dir=out / "bench", pipeline=summary)
+    write_json_atomic(out / layout.PIPELINE, summary)
+    return write_report(out, runs=runs, bench_dir=out / layout.BENCH_DIR, pipeline=summary)
 
 
 def _run_stage(stage: Stage, counter: str) -> dict[str, Any]:
-    if stage.outputs and stage.complete():
+    why = stage.stale() if stage.outputs else "no outputs"
+    if why is None:
         log.info("%s %s: complete already, skipped", counter, stage.name)
         return {"stage": stage.name, "status": "complete already", "seconds": 0.0}
     if stage.outputs:
-        log.info("%s %s", counter, stage.name)
+        log.info("%s %s%s", counter, stage.name, f" ({why})" if why.startswith("made with") else "")
     t = time.perf_counter()
     try:
         stage.action()
@@ -240,6 +303,6 @@ def _run_stage(stage: Stage, counter: str) -> dict[str, Any]:
 
 
 def _summary(cfg: PipelineConfig, record: list[dict], wall: float) -> dict[str, Any]:
-    return {"dataset": cfg.dataset, "models": cfg.models, "prune": cfg.prune, "epochs": cfg.epochs,
-            "data_dir": cfg.data_dir and os.fspath(cfg.data_dir), "stages": record,
-            "wall_seconds_this_call": round(wall, 1)}
+    return {"dataset": cfg.dataset, "models": cfg.models, "prune": cfg.prune.amount if cfg.prune else 0.0,
+            "epochs": cfg.epochs, "data_dir": cfg.data_dir and os.fspath(cfg.data_dir),
+            "config": cfg.to_json(), "stages": record, "wall_seconds_this_call": round(wall, 1)}

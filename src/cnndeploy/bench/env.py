@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from cnndeploy import __version__
-from cnndeploy.bench.peak import cpu_peak, cpuinfo_fields, gpu_peak, measured_ceiling
+from cnndeploy.bench.peak import cpu_peak, gpu_peak, measured_ceiling
+from cnndeploy.system import cpuinfo_fields
 
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")
 PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "numpy")

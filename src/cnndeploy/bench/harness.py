@@ -2,49 +2,50 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from cnndeploy.artifacts.card import ModelCard
+from cnndeploy.artifacts.files import made_by
+from cnndeploy.artifacts.records import source_run, write_bench
+from cnndeploy.artifacts.variants import Variant, discover
 from cnndeploy.bench.env import environment
 from cnndeploy.bench.memory import track
 from cnndeploy.bench.peak import peak_for, utilisation
 from cnndeploy.bench.report import bench_markdown
-from cnndeploy.bench.runners import KIND, Runner, check_backends, make_runner, on_gpu, skip_reason
 from cnndeploy.bench.timing import measure
-from cnndeploy.bench.variants import Variant, discover
 from cnndeploy.data import dataset_for
 from cnndeploy.data.types import normalise
-from cnndeploy.fileio import write_bytes_atomic, write_json_atomic
-from cnndeploy.rundir import read_json_if_exists, read_model_json
+from cnndeploy.fileio import write_bytes_atomic
+from cnndeploy.runtime.accuracy import measure_accuracy
+from cnndeploy.runtime.runners import KIND, check_backends, make_runner, on_gpu, skip_reason
 
-HINT = {"weights": "train it", "onnx": "cnndeploy export RUN_DIR --onnx",
-        "engine": "cnndeploy export RUN_DIR --trt"}
-COLUMNS = ("variant", "backend", "precision", "batch_size", "accuracy", "latency_ms_mean", "latency_ms_std",
+COLUMNS = ("variant", "run", "file", "backend", "precision", "batch_size", "accuracy", "latency_ms_mean", "latency_ms_std",
            "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips", "size_bytes", "params",
            "macs", "achieved_gops", "peak_share", "peak_mem_mb", "load_seconds", "slower_than_parent", "status")
 
 
-def _normalised(meta: dict, pixels: np.ndarray) -> np.ndarray:
-    return normalise(pixels, meta["mean"], meta["std"])
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `cnndeploy bench` measures; recorded in bench.json beside the rows."""
+    backends: list[str] = field(default_factory=lambda: ["torch", "ort"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32, 256])
+    threads: int | None = None      # intra-op threads of every backend (None: the backend's default)
+    min_seconds: float = 1.0        # timing budget per row
 
 
-def _accuracy(run: Runner, meta: dict, ds, batch: int = 256) -> float:
-    correct = 0
-    for start in range(0, len(ds.test_y), batch):
-        logits = run(_normalised(meta, ds.test_x[start:start + batch]))
-        correct += int((logits.argmax(1) == ds.test_y[start:start + batch]).sum())
-    return correct / len(ds.test_y)
-
-
-def _rows_for(variant: Variant, backend: str, ds, meta: dict, batch_sizes: list[int], *,
-              threads: int | None, min_seconds: float, cost: dict, peaks: dict) -> list[dict[str, Any]]:
-    base = {"variant": variant.name, "backend": backend, "precision": variant.precision,
-            "size_bytes": variant.size_bytes, **cost}
+def _rows_for(variant: Variant, backend: str, ds, card: ModelCard, cfg: BenchConfig, *,
+              cost: dict, peaks: dict) -> list[dict[str, Any]]:
+    batch_sizes, threads = cfg.batch_sizes, cfg.threads
+    base = {"variant": variant.name, "run": variant.run.name, "file": variant.spec.name, "backend": backend,
+            "precision": variant.precision, "size_bytes": variant.size_bytes, **cost}
     reason = skip_reason(backend, variant)
     if reason:
         return [{**base, "batch_size": b, "status": f"skipped: {reason}"} for b in batch_sizes]
@@ -53,16 +54,16 @@ def _rows_for(variant: Variant, backend: str, ds, meta: dict, batch_sizes: list[
         t0 = time.perf_counter()
         try:
             run = make_runner(backend, variant, threads=threads)
-            run(_normalised(meta, ds.test_x[:1]))  # first call: lazy init and graph optimisation
+            run(normalise(ds.test_x[:1], card.mean, card.std))  # first call: lazy init, graph optimisation
         except Exception as e:  # a backend failing on one file must not stop the whole matrix
             return [{**base, "batch_size": b, "status": f"failed: {str(e).splitlines()[0][:200]}"}
                     for b in batch_sizes]
         load = time.perf_counter() - t0
-        accuracy = _accuracy(run, meta, ds)
+        accuracy = measure_accuracy(run, card, ds)["test_accuracy"]
         timed = []
         for b in batch_sizes:
-            x = _normalised(meta, np.resize(ds.test_x[:b], (b, *ds.test_x.shape[1:])))
-            timed.append((b, measure(lambda: run(x), warmup=3, min_calls=5, min_seconds=min_seconds)))
+            x = normalise(np.resize(ds.test_x[:b], (b, *ds.test_x.shape[1:])), card.mean, card.std)
+            timed.append((b, measure(lambda: run(x), warmup=3, min_calls=5, min_seconds=cfg.min_seconds)))
     peak = peak_for(peaks["gpu" if gpu else "cpu"] or {}, variant.precision)
     rows = []
     for b, stats in timed:
@@ -81,57 +82,57 @@ def _rows_for(variant: Variant, backend: str, ds, meta: dict, batch_sizes: list[
 def _flag_slow_compression(rows: list[dict], parents: dict[str, str]) -> None:
     """Mark compressed variants slower than their FP32 parent on the same backend and batch size."""
     speed = {(r["variant"], r["backend"], r["batch_size"]): r.get("throughput_ips") for r in rows}
-    fp32_of = {r["variant"].split(":")[0]: r["variant"] for r in rows if r["precision"] == "fp32"}
+    fp32_of = {r["run"]: r["variant"] for r in rows if r["precision"] == "fp32"}
     for r in rows:
-        run = r["variant"].split(":")[0]
+        run = r["run"]
         parent = fp32_of.get(parents.get(run, run)) if r["precision"] == "fp32" else fp32_of.get(run)
         if parent == r["variant"] or parent is None or r.get("throughput_ips") is None:
             r["slower_than_parent"] = None
             continue
         ref = speed.get((parent, r["backend"], r["batch_size"]))
-        if ref is None and r["backend"] in ("ort", "ort-cuda", "ort-trt", "tensorrt"):
+        if ref is None and KIND.get(r["backend"]) != "weights":
             ref = speed.get((parent, "torch", r["batch_size"]))  # weights' best counterpart
         r["slower_than_parent"] = None if ref is None else r["throughput_ips"] < ref
 
 
-def run_bench(run_dirs: list[str | os.PathLike], *, backends: list[str], batch_sizes: list[int],
-              threads: int | None = None, out: str | os.PathLike = "bench", data_dir: str | None = None,
-              min_seconds: float = 1.0, progress: bool = True) -> list[dict[str, Any]]:
-    from cnndeploy.train.prune import run_cost
+def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(), *,
+              out: str | os.PathLike, data_dir: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Every variant of RUN_DIRs on every backend of `cfg`: rows written to OUT/bench.{json,csv,md}."""
+    from cnndeploy.models.cost import run_cost
 
-    check_backends(backends)
+    check_backends(cfg.backends)
     jobs, missing, parents, data = [], [], {}, {}
     for rd in run_dirs:
-        meta = read_model_json(rd)
-        data[Path(rd).name] = (meta, dataset_for(meta, data_dir=data_dir), run_cost(rd))
-        source = read_json_if_exists(Path(rd) / "prune.json").get("source_run")
-        if source:
-            parents[Path(rd).name] = Path(source).name
+        card = ModelCard.read(rd)
+        data[Path(rd).name] = (card, dataset_for(card, data_dir=data_dir), run_cost(rd))
+        parent = source_run(Path(rd))
+        if parent:
+            parents[Path(rd).name] = parent.name
         variants = discover(rd)
-        jobs += [(v, b) for v in variants for b in backends if KIND[b] == v.kind]
-        missing += [(Path(rd).name, b) for b in backends if not any(KIND[b] == v.kind for v in variants)]
+        jobs += [(v, b) for v in variants for b in cfg.backends if KIND[b] == v.kind]
+        missing += [(Path(rd).name, b) for b in cfg.backends if not any(KIND[b] == v.kind for v in variants)]
     rows: list[dict[str, Any]] = [
-        {"variant": f"{run}:-", "backend": b, "precision": None, "batch_size": None, "size_bytes": None,
-         "status": f"skipped: no {KIND[b]} file in {run} ({HINT[KIND[b]]})"} for run, b in missing]
-    env = environment(threads)
+        {"variant": f"{run}:-", "run": run, "file": None, "backend": b, "precision": None, "batch_size": None,
+         "size_bytes": None, "status": f"skipped: no {KIND[b]} file in {run} ({made_by(KIND[b])})"}
+        for run, b in missing]
+    env = environment(cfg.threads)
     import torch
 
     saved_threads = torch.get_num_threads()  # the torch runner sets --threads process-wide: put it back
     try:
         for variant, backend in tqdm(jobs, desc="bench", unit="variant", disable=None if progress else True):
-            meta, ds, cost = data[variant.run.name]
-            rows += _rows_for(variant, backend, ds, meta, batch_sizes, threads=threads,
-                              min_seconds=min_seconds, cost=cost, peaks=env["peak"])
+            card, ds, cost = data[variant.run.name]
+            rows += _rows_for(variant, backend, ds, card, cfg, cost=cost, peaks=env["peak"])
     finally:
         torch.set_num_threads(saved_threads)
     _flag_slow_compression(rows, parents)
-    _write(Path(out), rows, env)
+    _write(Path(out), rows, env, cfg, [Path(rd).name for rd in run_dirs])
     return rows
 
 
-def _write(out: Path, rows: list[dict], env: dict) -> None:
+def _write(out: Path, rows: list[dict], env: dict, cfg: BenchConfig, runs: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "bench.json", {"environment": env, "rows": rows})
+    write_bench(out, rows, env, dataclasses.asdict(cfg), runs)
     lines = [",".join(COLUMNS)]
     for r in rows:
         lines.append(",".join(_csv_cell(r.get(c)) for c in COLUMNS))

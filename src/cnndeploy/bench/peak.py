@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from cnndeploy.system import cpuinfo_fields
+
 # Datasheet dense peaks in TFLOP/s (TOP/s for int8), SXM parts unless named; the first match wins.
 GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
     ("H200", {"fp32": 67.0, "fp16": 989.4, "int8": 1978.9}),
@@ -23,20 +25,6 @@ GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
     ("A10", {"fp32": 31.2, "fp16": 125.0, "int8": 250.0}),
     ("T4", {"fp32": 8.1, "fp16": 65.0, "int8": 130.0}),
 ]
-
-
-def cpuinfo_fields(text: str | None = None) -> dict[str, str] | None:
-    """/proc/cpuinfo's first processor block as a dict (None where there is no such file)."""
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields: dict[str, str] = {}
-    for key, value in pairs:
-        fields.setdefault(key.strip(), value.strip())
-    return fields
 
 
 def _cpu_clock_ghz(cpuinfo: dict[str, str]) -> float | None:

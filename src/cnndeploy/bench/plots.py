@@ -39,13 +39,13 @@ def plot_all(rows: list[dict], out: Path) -> list[Path]:
     pts = [r for r in ok if r["batch_size"] == b1]
     fig, ax = plt.subplots(figsize=(8, 5))
     xy = [(r["latency_ms_p50"], 100 * r["accuracy"]) for r in pts]
-    runs = sorted({r["variant"].split(":")[0] for r in pts})
+    runs = sorted({r["run"] for r in pts})
     kinds = sorted({(r["precision"], r["backend"]) for r in pts})
     markers = "osD^v<>PXh*"
     colours = plt.get_cmap("tab10")
     # Colour = run directory, marker = precision x backend: a legend instead of labels that collide.
     for r, (x, y) in zip(pts, xy):
-        ax.scatter(x, y, color=colours(runs.index(r["variant"].split(":")[0]) % 10),
+        ax.scatter(x, y, color=colours(runs.index(r["run"]) % 10),
                    marker=markers[kinds.index((r["precision"], r["backend"])) % len(markers)], s=40)
     front = pareto(xy)
     ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "k--", lw=1)

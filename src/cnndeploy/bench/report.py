@@ -6,14 +6,16 @@ per model what pruning and INT8 cost in accuracy and buy in size and speed, then
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from cnndeploy.bench.runners import BACKENDS
+from cnndeploy.artifacts.card import ModelCard
+from cnndeploy.artifacts.files import FILES, REPORT, spec
+from cnndeploy.artifacts.records import PruneRecord, read_bench, read_metrics
+from cnndeploy.artifacts.variants import family_root
 from cnndeploy.fileio import write_bytes_atomic
-from cnndeploy.rundir import METRICS, read_json_if_exists, read_model_json
+from cnndeploy.runtime.runners import BACKENDS
 
 # Lu & Song, Table 1: highest test accuracy (%) per network family (../shared/GUIDE.md section 1).
 PAPER = {"mnist": {"ResNet": 99.665, "LeNet": 99.110, "AlexNet": 99.440},
@@ -72,11 +74,11 @@ def _paper_table(runs: list[Path]) -> str:
     lines = ["| model | dataset | paper | ours | Δ points | test images | data source |", "|---|---|---|---|---|---|---|"]
     notes = set()
     for run in runs:
-        if (run / "prune.json").is_file():
+        if PruneRecord.read(run):
             continue
-        meta, metrics = read_model_json(run), read_json_if_exists(run / METRICS)
-        dataset = meta["dataset"]
-        paper = PAPER.get(dataset, {}).get(family(meta["model"]))
+        card, metrics = ModelCard.read(run), read_metrics(run)
+        dataset = card.dataset
+        paper = PAPER.get(dataset, {}).get(family(card.model))
         ours = metrics.get("test_accuracy")
         n = metrics.get("test_images")
         delta = None if paper is None or ours is None else 100 * ours - paper
@@ -84,25 +86,26 @@ def _paper_table(runs: list[Path]) -> str:
         if n and n != FULL_TEST_SET.get(dataset, n):
             notes.add(f"{run.name} is measured on {n:,} test images, not the full {FULL_TEST_SET[dataset]:,}: "
                       "not comparable with the paper")
-        lines.append(f"| {meta['model']} ({family(meta['model'])}) | {dataset} | {_fmt(paper, '.3f')}% | "
+        lines.append(f"| {card.model} ({family(card.model)}) | {dataset} | {_fmt(paper, '.3f')}% | "
                      f"{_fmt(None if ours is None else 100 * ours, '.2f')}% | {_fmt(delta, '+.2f')}{verdict} | "
-                     f"{_fmt(n, ',')} | {meta.get('dataset_source', '')} |")
+                     f"{_fmt(n, ',')} | {card.dataset_source} |")
     foot = ("\n\nThe paper reports its highest test accuracy; ours is the final epoch's, on the whole test "
             "split, so ours is the stricter number. `cifar10-jpeg` is the JPEG (quality 75) copy of CIFAR-10, "
             "which costs some accuracy against the original images.")
     return "\n".join(lines) + foot + "\n" + "".join(f"\n- {n}" for n in sorted(notes)) + "\n"
 
 
-def _label(run: Path, precision: str) -> str:
-    pruned = read_json_if_exists(run / "prune.json")
-    prefix = f"pruned {round(100 * pruned['amount'])}% " if pruned else ""
-    return prefix + {"fp32": "FP32", "fp16": "FP16", "int8": "INT8", "int8-cpu": "INT8 (cpu)",
-                     "int8-trt": "INT8 (trt)"}.get(precision, precision)
+def _label(run: Path, row: dict) -> str:
+    pruned = PruneRecord.read(run)
+    prefix = f"pruned {round(100 * pruned.amount)}% " if pruned else ""
+    file = row.get("file") or ""
+    label = spec(file).label if any(s.name == file for s in FILES) else row["precision"].upper()
+    return prefix + label
 
 
 def _compression_table(root: Path, rows: list[dict], runs: dict[str, Path]) -> str:
     """One model's variants, FP32 PyTorch first, with speed-ups over it at batch 1 and the largest batch."""
-    mine = [r for r in rows if r["status"] == "ok" and r["variant"].split(":")[0] in runs]
+    mine = [r for r in rows if r["status"] == "ok" and r["run"] in runs]
     if not mine:
         return "No variant of this model was measured.\n"
     small, large = min(r["batch_size"] for r in mine), max(r["batch_size"] for r in mine)
@@ -114,17 +117,17 @@ def _compression_table(root: Path, rows: list[dict], runs: dict[str, Path]) -> s
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {b: i for i, b in enumerate(BACKENDS)}
     keys = sorted({(r["variant"], r["backend"]) for r in mine},
-                  key=lambda k: (k[0].split(":")[0] != root.name, k[0], order.get(k[1], 99)))
+                  key=lambda k: (not k[0].startswith(root.name + ":"), k[0], order.get(k[1], 99)))
     ref_acc = (base[small] or {}).get("accuracy")
     for variant, backend in keys:
         one, many = at.get((variant, backend, small)), at.get((variant, backend, large))
         r = one or many
-        run = runs[variant.split(":")[0]]
+        run = runs[r["run"]]
         speed1 = (base[small]["latency_ms_p50"] / one["latency_ms_p50"]) if one and base[small] else None
         speedn = (many["throughput_ips"] / base[large]["throughput_ips"]) if many and base[large] else None
         delta = None if ref_acc is None else 100 * (r["accuracy"] - ref_acc)
         slow = " ⚠ slower than its parent" if (many or {}).get("slower_than_parent") else ""
-        lines.append(f"| {_label(run, r['precision'])} | {backend} | {100 * r['accuracy']:.2f}% | {_fmt(delta, '+.2f')} | "
+        lines.append(f"| {_label(run, r)} | {backend} | {100 * r['accuracy']:.2f}% | {_fmt(delta, '+.2f')} | "
                      f"{r['size_bytes'] / 1e6:.3f} | {_fmt(r.get('params'), ',')} | "
                      f"{_fmt(r['macs'] / 1e6 if r.get('macs') else None, '.2f')} | "
                      f"{_fmt(one and one['latency_ms_p50'], '.3f')} | {_fmt(many and many['throughput_ips'], ',.0f')} | "
@@ -137,12 +140,10 @@ def _compression_section(runs: list[Path], rows: list[dict]) -> str:
     by_name = {r.name: r for r in runs}
     families: dict[str, dict[str, Path]] = {}
     for run in runs:
-        source = read_json_if_exists(run / "prune.json").get("source_run")
-        root = Path(source).name if source and Path(source).name in by_name else run.name
-        families.setdefault(root, {})[run.name] = run
+        families.setdefault(family_root(run, by_name).name, {})[run.name] = run
     parts = []
     for root, members in families.items():
-        model = read_model_json(by_name[root])["model"]
+        model = ModelCard.read(by_name[root]).model
         parts.append(f"### {model} ({root})\n\n" + _compression_table(by_name[root], rows, members))
     skipped = sorted({f"{r['backend']}: {r['status'][len('skipped: '):]}" for r in rows
                       if r["status"].startswith("skipped") and "runs " not in r["status"]})
@@ -163,7 +164,7 @@ def _stages(pipeline: dict) -> str:
 
 
 def write_report(out: Path, *, runs: list[Path], bench_dir: Path, pipeline: dict) -> Path:
-    bench = json.loads((bench_dir / "bench.json").read_text())
+    bench = read_bench(bench_dir)
     rows, env = bench["rows"], bench["environment"]
     rel = os.path.relpath(bench_dir, out)
     plots = "\n".join(f"![{title}]({rel}/{name})" for name, title in PLOTS if (bench_dir / name).is_file())
@@ -180,6 +181,6 @@ def write_report(out: Path, *, runs: list[Path], bench_dir: Path, pipeline: dict
             f"## 3. Environment\n\n{environment_line(env)}\n\n"
             f"## 4. Plots\n\n{plots}\n\n{curves}\n\n"
             f"## 5. Pipeline stages\n\n{_stages(pipeline)}")
-    path = out / "report.md"
+    path = out / REPORT
     write_bytes_atomic(path, text.encode())
     return path

@@ -45,7 +45,7 @@ def _ort_provider(name: str) -> str | None:
 def _torch_runner(variant: Variant, *, compile_: bool, threads: int | None) -> Runner:
     import torch
 
-    from cnndeploy.rundir import load_run
+    from cnndeploy.models.weights import load_run
 
     if threads:
         torch.set_num_threads(threads)

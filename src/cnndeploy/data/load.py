@@ -11,6 +11,7 @@ from cnndeploy.data.cache import cached
 from cnndeploy.data.download import download as fetch
 from cnndeploy.data.paths import data_roots
 from cnndeploy.data.types import ImageDataset
+from cnndeploy.artifacts.card import ModelCard
 from cnndeploy.errors import DatasetError
 
 NAMED = ("mnist", "cifar10")
@@ -85,25 +86,22 @@ def load_dataset(dataset: str | os.PathLike, *, data_dir: str | os.PathLike | No
                   use_cache=use_cache, image_size=image_size)
 
 
-def dataset_for(meta: dict, *, dataset: str | None = None, data_dir: str | os.PathLike | None = None
+def dataset_for(card: ModelCard, *, dataset: str | None = None, data_dir: str | os.PathLike | None = None
                 ) -> ImageDataset:
     """The dataset a model was trained on (from its model.json or ONNX metadata), checked against it.
 
     `dataset` overrides the recorded one; image folders are resized to the model's input size.
     """
-    name = dataset or (meta["dataset"] if meta["dataset"] in NAMED
-                       else meta.get("dataset_path") or meta["dataset"])
-    shape = (int(meta["channels"]), int(meta["height"]), int(meta["width"]))
-    ds = load_dataset(name, data_dir=data_dir, image_size=shape[1:])
-    check_matches(ds, meta)
+    name = dataset or (card.dataset if card.dataset in NAMED else card.dataset_path or card.dataset)
+    ds = load_dataset(name, data_dir=data_dir, image_size=(card.height, card.width))
+    check_matches(ds, card)
     return ds
 
 
-def check_matches(ds: ImageDataset, meta: dict) -> None:
+def check_matches(ds: ImageDataset, card: ModelCard) -> None:
     """The model (model.json or ONNX metadata) was made for these classes and this image shape."""
-    shape = (int(meta["channels"]), int(meta["height"]), int(meta["width"]))
-    classes = [str(c) for c in meta["classes"]]
-    if ds.classes != classes or ds.test_x.shape[1:] != shape:
+    classes = list(card.classes)
+    if list(ds.classes) != classes or ds.test_x.shape[1:] != card.shape:
         raise DatasetError(f"{ds.path} does not match the model: classes {ds.classes} and images "
                            f"{'x'.join(map(str, ds.test_x.shape[1:]))}, expected {classes} and "
-                           f"{'x'.join(map(str, shape))}")
+                           f"{'x'.join(map(str, card.shape))}")

@@ -18,9 +18,10 @@ import torch
 from cnndeploy.data import dataset_for
 from cnndeploy.data.types import normalise
 from cnndeploy.errors import CnnDeployError
-from cnndeploy.export.metadata import onnx_metadata
 from cnndeploy.fileio import atomic_path
-from cnndeploy.rundir import load_run
+from cnndeploy.artifacts.card import ModelCard
+from cnndeploy.artifacts.files import ONNX, spec
+from cnndeploy.models.weights import load_run
 
 log = logging.getLogger("cnndeploy")
 
@@ -60,15 +61,15 @@ def _export_proto(model: torch.nn.Module, sample: torch.Tensor, opset: int):
     return program.model_proto
 
 
-def validation_pixels(meta: dict, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
+def validation_pixels(card: ModelCard, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
     """The first `n` test images of the model's dataset as uint8 NHWC."""
-    ds = dataset_for(meta, data_dir=data_dir)
+    ds = dataset_for(card, data_dir=data_dir)
     return np.ascontiguousarray(ds.test_x[:n].transpose(0, 2, 3, 1))
 
 
-def validation_images(meta: dict, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
+def validation_images(card: ModelCard, data_dir: str | None, n: int = max(VALIDATION_BATCHES)) -> np.ndarray:
     """The first `n` test images, preprocessed as the model expects (float32 NCHW)."""
-    return normalise(validation_pixels(meta, data_dir, n).transpose(0, 3, 1, 2), meta["mean"], meta["std"])
+    return normalise(validation_pixels(card, data_dir, n).transpose(0, 3, 1, 2), card.mean, card.std)
 
 
 def validate(path: Path, model: torch.nn.Module, images: np.ndarray) -> dict:
@@ -93,14 +94,14 @@ def validate(path: Path, model: torch.nn.Module, images: np.ndarray) -> dict:
     return {"max_abs_diff": worst, "top1_agreement": agree / total, "batches": list(VALIDATION_BATCHES)}
 
 
-def _write(final: Path, model: torch.nn.Module, inputs: np.ndarray, meta: dict, opset: int,
+def _write(final: Path, model: torch.nn.Module, inputs: np.ndarray, card: ModelCard, opset: int,
            extra: dict[str, str]) -> dict:
     import onnx
 
     proto = _export_proto(model, torch.from_numpy(inputs[:2]), opset)
-    for key, value in {**onnx_metadata(meta), **extra}.items():
+    for key, value in {**card.to_onnx_props(), **extra}.items():
         proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = f"cnndeploy {meta['model']} trained on {meta['dataset']}"
+    proto.doc_string = f"cnndeploy {card.model} trained on {card.dataset}"
     with atomic_path(final) as tmp:
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -115,15 +116,16 @@ def export_onnx(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = N
     """
     if opset < 17:
         raise ExportError(f"--opset {opset}: expected 17 or newer")
-    model, meta = load_run(run_dir)
-    images = validation_images(meta, data_dir)
-    final = Path(out) if out else Path(run_dir) / "model.onnx"
-    report = _write(final, model, images, meta, opset, {})
+    model, card = load_run(run_dir)
+    images = validation_images(card, data_dir)
+    final = Path(out) if out else Path(run_dir) / ONNX
+    report = _write(final, model, images, card, opset, {})
     if with_preprocess:
-        pixels = validation_pixels(meta, data_dir)
-        wrapped = WithPreprocess(model, meta["mean"], meta["std"]).eval()
-        report["uint8"] = _write(final.with_name(final.stem + ".uint8.onnx"), wrapped, pixels, meta, opset,
-                                 {"input_format": "uint8 NHWC pixels 0..255; normalisation inside"})
+        pixels = validation_pixels(card, data_dir)
+        wrapped = WithPreprocess(model, card.mean, card.std).eval()
+        uint8 = spec("model.uint8.onnx")
+        report["uint8"] = _write(final.with_name(final.stem + ".uint8.onnx"), wrapped, pixels, card, opset,
+                                 {"input_format": uint8.input})
     log.debug("exported %s: max |logit diff| %.2e vs PyTorch, top-1 agreement %.0f%% (batches %s)",
              final, report["max_abs_diff"], 100 * report["top1_agreement"], report["batches"])
     return final, report

@@ -1,5 +1,5 @@
 """Post-training INT8 quantization of the exported ONNX file (onnxruntime.quantization, QDQ)."""
 
-from cnndeploy.quant.ptq import TARGETS, quantize_run
+from cnndeploy.quant.ptq import TARGETS, QuantConfig, quantize_run
 
-__all__ = ["TARGETS", "quantize_run"]
+__all__ = ["TARGETS", "QuantConfig", "quantize_run"]

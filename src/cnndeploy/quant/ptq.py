@@ -8,17 +8,22 @@ The quantized file is then evaluated on the whole test set next to model.onnx.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cnndeploy.artifacts.card import ModelCard
+from cnndeploy.artifacts.files import ONNX, QUANT_TARGETS
+from cnndeploy.artifacts.records import QuantRecord, read_quant, write_quant_entry
 from cnndeploy.errors import CnnDeployError
-from cnndeploy.fileio import atomic_path, sha256_file, write_json_atomic
+from cnndeploy.fileio import atomic_path, sha256_file
 
 log = logging.getLogger("cnndeploy")
 
@@ -59,49 +64,58 @@ def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str) ->
                         **_quant_settings(target))
 
 
-def quantize_run(run_dir: str | os.PathLike, *, target: str = "cpu", calib_size: int = 512,
-                 method: str = "minmax", seed: int = 0, data_dir: str | None = None) -> dict[str, Any]:
-    """Write RUN_DIR/model.int8-<target>.onnx and quant.json; return the accuracy report."""
-    from cnndeploy.export import export_onnx
-    from cnndeploy.export.evaluate_onnx import evaluate_onnx
-    from cnndeploy.data import dataset_for
-    from cnndeploy.quant.calibration import calibration_images
-    from cnndeploy.rundir import read_model_json
+@dataclass(frozen=True)
+class QuantConfig:
+    """What `cnndeploy quant` runs with; recorded in quant.json beside the result."""
+    target: str = "cpu"            # cpu | tensorrt
+    calib_size: int = 512          # training images the activation ranges are calibrated on
+    method: str = "minmax"         # minmax | entropy | percentile
+    seed: int = 0                  # which training images
 
-    if target not in TARGETS:
-        raise CnnDeployError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
-    if method not in METHODS:
-        raise CnnDeployError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
-    if calib_size < 1:
-        raise CnnDeployError(f"--calib-size {calib_size}: expected a positive number of images")
+    def check(self) -> "QuantConfig":
+        if self.target not in TARGETS:
+            raise CnnDeployError(f"--target {self.target!r}: expected one of {', '.join(TARGETS)}")
+        if self.method not in METHODS:
+            raise CnnDeployError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
+        if self.calib_size < 1:
+            raise CnnDeployError(f"--calib-size {self.calib_size}: expected a positive number of images")
+        return self
+
+
+def quantize_run(run_dir: str | os.PathLike, cfg: QuantConfig = QuantConfig(), *,
+                 data_dir: str | None = None) -> QuantRecord:
+    """Write RUN_DIR/model.int8-<target>.onnx and its quant.json entry; return that entry."""
+    from cnndeploy.data import dataset_for
+    from cnndeploy.export import export_onnx
+    from cnndeploy.quant.calibration import calibration_images
+    from cnndeploy.runtime import evaluate
+
+    cfg.check()
     run = Path(run_dir)
-    meta = read_model_json(run)
-    ds = dataset_for(meta, data_dir=data_dir)  # once: calibration, and both evaluations
-    images = calibration_images(meta, size=calib_size, seed=seed, ds=ds)
-    fp32 = run / "model.onnx"
+    card = ModelCard.read(run)
+    ds = dataset_for(card, data_dir=data_dir)  # once: calibration, and both evaluations
+    images = calibration_images(card, size=cfg.calib_size, seed=cfg.seed, ds=ds)
+    fp32 = run / ONNX
     if not fp32.is_file():
         log.info("no %s yet: exporting it first", fp32)
         export_onnx(run, data_dir=data_dir)
-    out = run / f"model.int8-{'cpu' if target == 'cpu' else 'trt'}.onnx"
-    quantize_file(fp32, out, images, target=target, method=method)
+    out = run / QUANT_TARGETS[cfg.target]
+    quantize_file(fp32, out, images, target=cfg.target, method=cfg.method)
     identity = {"fp32_sha256": sha256_file(fp32), "test_set_sha256": _test_set_digest(ds)}
-    base_accuracy = _measured_before(_read_report(run / "quant.json"), identity)
+    base_accuracy = _measured_before(read_quant(run), identity)
     if base_accuracy is None:
-        base_accuracy = evaluate_onnx(fp32, ds=ds)["test_accuracy"]
+        base_accuracy = evaluate.evaluate_onnx(fp32, ds=ds)["test_accuracy"]
     else:  # another target's quant measured this very file on these very images
         log.info("fp32 accuracy of %s reused from quant.json (same file, same test images)", fp32.name)
-    quant = evaluate_onnx(out, ds=ds)
-    report = {"file": out.name, "target": target, "method": method, "calib_size": len(images),
-              "calib_seed": seed, "calib_split": "train", "fp32_accuracy": base_accuracy,
-              "int8_accuracy": quant["test_accuracy"],
-              "accuracy_drop_points": round(100 * (base_accuracy - quant["test_accuracy"]), 3),
-              "fp32_bytes": fp32.stat().st_size, "int8_bytes": out.stat().st_size,
-              "test_images": quant["n"], "dataset_source": quant["dataset_source"], **identity}
-    # Read again: another quant of this run may have written its entry meanwhile.
-    entries = _read_report(run / "quant.json")
-    entries[report["file"]] = report  # quant.json keeps one entry per output file
-    write_json_atomic(run / "quant.json", entries)
-    return report
+    quant = evaluate.evaluate_onnx(out, ds=ds)
+    record = QuantRecord(file=out.name, target=cfg.target, method=cfg.method, calib_size=len(images),
+                         calib_seed=cfg.seed, calib_split="train", fp32_accuracy=base_accuracy,
+                         int8_accuracy=quant["test_accuracy"],
+                         accuracy_drop_points=round(100 * (base_accuracy - quant["test_accuracy"]), 3),
+                         fp32_bytes=fp32.stat().st_size, int8_bytes=out.stat().st_size, test_images=quant["n"],
+                         dataset_source=quant["dataset_source"], config=dataclasses.asdict(cfg), **identity)
+    write_quant_entry(run, record)
+    return record
 
 
 def _measured_before(entries: dict, identity: dict[str, str]) -> float | None:
@@ -123,13 +137,3 @@ def _test_set_digest(ds) -> str:
         h.update(str((array.shape, array.dtype)).encode())
         h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
     return h.hexdigest()
-
-
-def _read_report(path: Path) -> dict:
-    import json
-
-    try:
-        entries = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        entries = {}
-    return entries if isinstance(entries, dict) else {}

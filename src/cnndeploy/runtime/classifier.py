@@ -14,47 +14,20 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from cnndeploy.artifacts.card import ModelCard, ModelCardError
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.images import DECODE_ERRORS, open_image
+from cnndeploy.runtime import topk
 
 ImageLike = Union[Image.Image, str, os.PathLike, bytes, np.ndarray]
-REQUIRED = ("classes", "channels", "height", "width", "mean", "std")
 
 
-class ModelFileError(CnnDeployError):
+class ModelFileError(ModelCardError):
     """An ONNX file that this runtime cannot use as a classifier."""
 
 
 class ImageInputError(CnnDeployError):
     """An input that is not a readable image."""
-
-
-def _metadata(props: dict[str, str], where: str, overrides: dict) -> dict:
-    merged = {**props, **{k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
-                          for k, v in overrides.items() if v is not None}}
-    missing = [k for k in REQUIRED if k not in merged]
-    if missing:
-        raise ModelFileError(f"{where} lacks the metadata {missing}: it was not exported by cnndeploy. "
-                             "Pass them explicitly, e.g. Classifier(path, classes=[...], mean=[...], "
-                             "std=[...]) (channels/height/width default to the input shape)")
-    try:
-        meta = {"classes": [str(c) for c in json.loads(merged["classes"])],
-                "channels": int(merged["channels"]), "height": int(merged["height"]),
-                "width": int(merged["width"]),
-                "mean": np.asarray(json.loads(merged["mean"]), np.float32).reshape(-1),
-                "std": np.asarray(json.loads(merged["std"]), np.float32).reshape(-1),
-                "model": merged.get("model", ""), "dataset": merged.get("dataset", "")}
-    except (ValueError, TypeError, RecursionError) as e:
-        raise ModelFileError(f"{where}: malformed metadata ({e})") from None
-    c = meta["channels"]
-    if (not meta["classes"] or c not in (1, 3) or min(meta["height"], meta["width"]) < 1
-            or len(meta["mean"]) != c or len(meta["std"]) != c or not np.isfinite(meta["mean"]).all()
-            or not (meta["std"] > 0).all() or not np.isfinite(meta["std"]).all()):
-        raise ModelFileError(f"{where}: malformed metadata: expected classes (a non-empty list), channels 1 "
-                             f"or 3, positive height/width, and {c} finite mean and positive std values; "
-                             f"got {len(meta['classes'])} classes, channels {c}, {meta['height']}x"
-                             f"{meta['width']}, mean {meta['mean'].tolist()}, std {meta['std'].tolist()}")
-    return meta
 
 
 def _tensors(graph) -> Iterable:
@@ -171,7 +144,15 @@ class Classifier:
             raise ModelFileError(f"{self.path}: expected one float32 NCHW input, got {inp.type} {shape}")
         defaults = {k: v for k, v in zip(("channels", "height", "width"), shape[1:]) if isinstance(v, int)}
         props = self.session.get_modelmeta().custom_metadata_map
-        self.meta = _metadata({**{k: str(v) for k, v in defaults.items()}, **props}, str(self.path), metadata)
+        try:
+            self.card = ModelCard.from_onnx_props({**{k: str(v) for k, v in defaults.items()}, **props},
+                                                  str(self.path), **metadata)
+        except ModelCardError as e:
+            raise ModelFileError(str(e)) from None
+        self.meta = {"classes": list(self.card.classes), "channels": self.card.channels,
+                     "height": self.card.height, "width": self.card.width,
+                     "mean": np.asarray(self.card.mean, np.float32), "std": np.asarray(self.card.std, np.float32),
+                     "model": self.card.model, "dataset": self.card.dataset}
         out = self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.classes: list[str] = self.meta["classes"]
@@ -230,12 +211,7 @@ class Classifier:
     def predict(self, images: Iterable[ImageLike], top_k: int = 3) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image."""
         batch = np.stack([self.preprocess(im) for im in images])
-        logits = self.logits(batch)
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
-        k = max(1, min(top_k, len(self.classes)))
-        order = np.argsort(-probs, axis=1)[:, :k]
-        return [[(self.classes[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+        return topk.top_k(self.logits(batch), self.classes, top_k)
 
     def classify(self, image: ImageLike, top_k: int = 3) -> list[tuple[str, float]]:
         return self.predict([image], top_k)[0]

@@ -17,11 +17,15 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from cnndeploy.bench.variants import Variant, discover
+from cnndeploy.artifacts.files import PRECISION_ORDER
+from cnndeploy.artifacts.records import source_run
+from cnndeploy.artifacts.variants import Variant, discover
 from cnndeploy.errors import CnnDeployError
-from cnndeploy.rundir import read_json_if_exists
-from cnndeploy.serve import inputs
+from cnndeploy.runtime import topk
 from cnndeploy.runtime.classifier import Classifier
+from cnndeploy.runtime.onnxruntime_import import onnxruntime
+from cnndeploy.runtime.runners import BACKENDS, make_runner, skip_reason
+from cnndeploy.serve import inputs
 
 log = logging.getLogger(__name__)
 TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
@@ -85,10 +89,8 @@ def default_threads(concurrency: int) -> int:
 
 
 def _onnx_members(variant: Variant, classes: list[str], threads: int) -> list[Member]:
-    import onnxruntime as ort
-
     providers = {"ort": ["CPUExecutionProvider"]}
-    if "CUDAExecutionProvider" in ort.get_available_providers():
+    if "CUDAExecutionProvider" in onnxruntime().get_available_providers():
         providers["ort-cuda"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     members = []
     for backend, chosen in providers.items():
@@ -100,8 +102,6 @@ def _onnx_members(variant: Variant, classes: list[str], threads: int) -> list[Me
 
 def _native_member(variant: Variant, base: Classifier, threads: int) -> Member | None:
     """Weights through torch, engines through TensorRT; None (logged) where that backend is absent."""
-    from cnndeploy.bench.runners import make_runner, skip_reason
-
     backend = "torch" if variant.kind == "weights" else "tensorrt"
     reason = skip_reason(backend, variant)
     if reason:
@@ -130,9 +130,9 @@ def _run_members(run_dir: Path, threads: int) -> tuple[dict, list[Member]]:
 
 def _order(m: Member) -> tuple[int, int]:
     """FP32 first, then the compressed files; ONNX Runtime before the native backends."""
-    precisions = ("fp32", "fp16", "int8-cpu", "int8-trt", "int8")
-    backends = ("ort", "ort-cuda", "torch", "tensorrt")
-    return precisions.index(m.precision) if m.precision in precisions else 9, backends.index(m.backend)
+    backends = ("ort", "ort-cuda", *BACKENDS)
+    order = PRECISION_ORDER.index(m.precision) if m.precision in PRECISION_ORDER else len(PRECISION_ORDER)
+    return order, backends.index(m.backend)
 
 
 def _group_key(meta: dict) -> tuple:
@@ -141,12 +141,7 @@ def _group_key(meta: dict) -> tuple:
 
 def _parents(run_dirs: list[Path]) -> dict[str, str]:
     """Pruned run -> the run it was pruned from (by folder name), from prune.json."""
-    out = {}
-    for run in run_dirs:
-        source = read_json_if_exists(run / "prune.json").get("source_run")
-        if source:
-            out[run.name] = Path(source).name
-    return out
+    return {run.name: parent.name for run in run_dirs if (parent := source_run(run))}
 
 
 def _reference_for(member: Member, group: Group, parents: dict[str, str]) -> str | None:
@@ -182,18 +177,12 @@ def load_groups(run_dirs: list[str | os.PathLike], *, threads: int = 1) -> list[
     return list(groups.values())
 
 
-def _softmax_top_k(logits: np.ndarray, classes: list[str], k: int) -> tuple[list[str], list[float]]:
-    z = logits.astype(np.float64) - logits.max()
-    probs = np.exp(z) / np.exp(z).sum()
-    order = np.argsort(-probs)[:max(1, min(k, len(classes)))]
-    return [classes[j] for j in order], [round(float(probs[j]), 6) for j in order]
-
-
 def answer(member: Member, prepared: Image.Image, top_k: int = 3) -> dict[str, Any]:
     """Top-k of one member for one picture; the latency is this very call (preprocess included)."""
     t0 = time.perf_counter_ns()
     logits = member.logits(member.preprocess(prepared)[None])[0]
-    labels, probs = _softmax_top_k(logits, member.classes, top_k)
+    pairs = topk.top_k(logits[None], member.classes, top_k)[0]
+    labels, probs = [label for label, _ in pairs], [round(p, 6) for _, p in pairs]
     latency = (time.perf_counter_ns() - t0) / 1e6
     return {"run": member.run, "precision": member.precision, "backend": member.backend,
             "labels": labels, "probabilities": probs, "latency_ms": round(latency, 3)}

@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cnndeploy.bench.variants import Variant, discover
-from cnndeploy.rundir import read_json_if_exists
+from cnndeploy.artifacts import records
+from cnndeploy.artifacts.files import BENCH, BENCH_DIR, WEIGHTS
+from cnndeploy.artifacts.variants import Variant, discover
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +69,29 @@ def _accuracy(variant: Variant) -> tuple[float | None, int | None]:
     """(test accuracy, test images) of this exact file, as recorded when it was made."""
     if variant.precision == "fp32" and variant.kind in ("weights", "onnx"):
         # export --onnx fails unless the ONNX file matches PyTorch, so the run's accuracy is the file's.
-        m = read_json_if_exists(variant.run / "metrics.json")
+        m = records.read_metrics(variant.run)
         return m.get("test_accuracy"), m.get("test_images")
-    q = read_json_if_exists(variant.run / "quant.json").get(variant.path.name, {})
+    q = records.read_quant(variant.run).get(variant.path.name, {})
     return q.get("int8_accuracy"), q.get("test_images")
 
 
 def _complexity(run: Path) -> dict[str, int]:
-    """Parameters and MACs of a run's network (torch-pruning's count), or prune.json's record."""
+    """Parameters and MACs of a run's network (torch-pruning's count), or prune.json's record.
+
+    Only runs that hold weights are counted (with torch): ONNX-only runs keep the demo torch-free.
+    """
     try:
-        from cnndeploy.train.prune import run_cost
+        if not (run / WEIGHTS).is_file():
+            raise FileNotFoundError(f"no {WEIGHTS}")
+        from cnndeploy.models.cost import run_cost
 
         cost = run_cost(run)
         if cost["params"] is not None:
             return cost
     except Exception as e:  # unreadable weights or no torch-pruning: fall back to prune.json, else a dash
         log.info("no parameter count for %s: %s", run.name, str(e).splitlines()[0][:200])
-    return read_json_if_exists(run / "prune.json").get("after_finetune", {})
+    record = records.PruneRecord.read(run)
+    return record.after_finetune if record else {}
 
 
 def _pct(x: float | None) -> float | None:
@@ -95,11 +102,11 @@ def model_rows(run_dirs: list[Path]) -> list[list[Any]]:
     rows = []
     for run in run_dirs:
         sizes = _complexity(run)
-        parent = read_json_if_exists(run / "prune.json").get("source_run")
+        parent = records.source_run(run)
         for v in discover(run):
             acc, n = _accuracy(v)
             rows.append([v.name, v.path.name, round(v.size_bytes / 1e3, 1), _pct(acc), n, sizes.get("params"),
-                         sizes.get("macs"), Path(parent).name if parent else ""])
+                         sizes.get("macs"), parent.name if parent else ""])
     return rows
 
 
@@ -125,7 +132,8 @@ def find_bench(run_dirs: list[Path]) -> list[Path]:
     """bench.json files beside the runs: in a run, in its bench/, or in the pipeline's ../bench/."""
     seen: dict[Path, None] = {}
     for run in run_dirs:
-        for cand in (run / "bench.json", run / "bench" / "bench.json", run.parent / "bench" / "bench.json"):
+        for folder in (run, run / BENCH_DIR, run.parent / BENCH_DIR):
+            cand = folder / BENCH
             if cand.is_file():
                 seen.setdefault(cand.resolve(), None)
     return list(seen)
@@ -141,7 +149,7 @@ def read_bench(path: Path, runs: set[str]) -> list[dict[str, Any]]:
     except (OSError, ValueError, KeyError, TypeError):
         log.warning("%s is not a cnndeploy bench.json; the Benchmark tab skips it", path)
         return []
-    return [r for r in rows if str(r.get("variant", "")).split(":")[0] in runs]
+    return [r for r in rows if r.get("run") in runs]
 
 
 def _num(value: Any, scale: float = 1.0, digits: int = 3) -> float | None:
@@ -162,18 +170,18 @@ def bench_plots(folder: Path) -> list[tuple[Path, str]]:
 
 def quick_bench(run_dirs: list[Path], out: Path) -> list[dict[str, Any]]:
     """A short `cnndeploy bench` (batch 1 and 32, 0.2 s a row) for runs that have no bench.json yet."""
-    from cnndeploy.bench.harness import run_bench
+    from cnndeploy.bench.harness import BenchConfig, run_bench
 
     backends = ["ort"] + (["torch"] if any(v.kind == "weights" for r in run_dirs for v in discover(r)) else [])
     data_dir = _recorded_data_dir(run_dirs)
-    return run_bench(run_dirs, backends=backends, batch_sizes=[1, 32], out=out, data_dir=data_dir,
-                     min_seconds=0.2, progress=False)
+    cfg = BenchConfig(backends=backends, batch_sizes=[1, 32], min_seconds=0.2)
+    return run_bench(run_dirs, cfg, out=out, data_dir=data_dir, progress=False)
 
 
 def _recorded_data_dir(run_dirs: list[Path]) -> str | None:
     """The --data-dir the first run was trained with, if it still exists here."""
     for run in run_dirs:
-        recorded = read_json_if_exists(run / "metrics.json").get("config", {}).get("data_dir")
+        recorded = records.read_metrics(run).get("config", {}).get("data_dir")
         if recorded and Path(recorded).is_dir():
             return recorded
     return None

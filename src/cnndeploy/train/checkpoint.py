@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cnndeploy.errors import CheckpointError
-from cnndeploy.rundir import load_state_dict_checked, load_tensors, save_safetensors
+from cnndeploy.models.weights import load_state_dict_checked, load_tensors, save_safetensors
 
 FORMAT = "cnndeploy-checkpoint/1"
 

@@ -14,10 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnndeploy import rundir
+from cnndeploy.artifacts import files as layout
+from cnndeploy.artifacts import records
+from cnndeploy.models import weights
 from cnndeploy.data import ImageDataset, load_dataset
 from cnndeploy.data.device import DeviceSplit, ShardedSplit, augment_for
-from cnndeploy.devices import cpu_has_bf16, pick_device
+from cnndeploy.devices import pick_device
+from cnndeploy.system import cpu_has_bf16
 from cnndeploy.errors import CnnDeployError, TrainingError
 from cnndeploy.fileio import write_bytes_atomic, write_json_atomic
 from cnndeploy.models import create_model, get_spec
@@ -86,17 +89,17 @@ def _prepare_out(out: Path, resume: bool) -> bool:
     """Refuse to clobber a finished run or silently restart an unfinished one; True if resuming."""
     if out.exists() and not out.is_dir():
         raise CnnDeployError(f"--out {out} is a file; expected a run directory")
-    has_ckpt = (out / rundir.CHECKPOINT).is_file()
+    has_ckpt = (out / layout.CHECKPOINT).is_file()
     if resume:
         if not has_ckpt:
-            raise CnnDeployError(f"--resume: no {rundir.CHECKPOINT} in {out}; nothing to resume")
-        if (out / rundir.METRICS).is_file():
+            raise CnnDeployError(f"--resume: no {layout.CHECKPOINT} in {out}; nothing to resume")
+        if (out / layout.METRICS).is_file():
             raise CnnDeployError(f"--resume: {out} holds a finished run (metrics.json); nothing to resume")
-        for name in (rundir.CHECKPOINT, rundir.LOG, rundir.WEIGHTS, rundir.MODEL_JSON, rundir.CURVES):
+        for name in (layout.CHECKPOINT, layout.LOG, layout.WEIGHTS, layout.MODEL_JSON, layout.CURVES):
             for stale in out.glob(f".{name}.*.tmp"):  # half-written by a killed run; never read
                 stale.unlink(missing_ok=True)
         return True
-    if (out / rundir.METRICS).is_file() or (out / rundir.WEIGHTS).is_file():
+    if (out / layout.METRICS).is_file() or (out / layout.WEIGHTS).is_file():
         raise CnnDeployError(f"{out} already holds a trained model; choose another --out "
                              "(nothing was overwritten)")
     if has_ckpt:
@@ -133,9 +136,9 @@ def _check_same_run(state: dict, identity: dict, device: torch.device, out: Path
 
 
 def _resume_config(out: Path, cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
-    saved = checkpoint_state(out / rundir.CHECKPOINT).get("config")
+    saved = checkpoint_state(out / layout.CHECKPOINT).get("config")
     if not saved:
-        raise CnnDeployError(f"{out / rundir.CHECKPOINT} holds no training config; cannot resume")
+        raise CnnDeployError(f"{out / layout.CHECKPOINT} holds no training config; cannot resume")
     clash = {k: (saved[k], getattr(cfg, k)) for k in explicit
              if k in saved and k not in ("device", "data_dir", "precision", "out", "dataset")
              and saved[k] != getattr(cfg, k)}
@@ -157,7 +160,7 @@ def _build_model(cfg: TrainConfig, ds: ImageDataset, device: torch.device, *, fr
     except ValueError as e:
         raise CnnDeployError(f"{cfg.model} cannot take the images of {ds.path}: {e}") from None
     if cfg.init_weights and from_init:
-        rundir.load_state_dict_checked(model, rundir.load_tensors(cfg.init_weights)[0], cfg.init_weights)
+        weights.load_state_dict_checked(model, weights.load_tensors(cfg.init_weights)[0], cfg.init_weights)
     model = model.to(device)
     if _channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
@@ -175,9 +178,9 @@ def _load_teacher(cfg: TrainConfig, ds: ImageDataset, device: torch.device) -> n
     """The frozen teacher of a distilled run, checked to see the same images and classes."""
     if not cfg.teacher:
         return None
-    teacher, meta = rundir.load_run(cfg.teacher)
-    seen = (meta.get("channels"), meta.get("height"), meta.get("width"), meta.get("classes"))
-    if seen != (ds.channels, ds.height, ds.width, ds.classes):
+    teacher, card = weights.load_run(cfg.teacher)
+    seen = (card.channels, card.height, card.width, list(card.classes))
+    if seen != (ds.channels, ds.height, ds.width, list(ds.classes)):
         raise CnnDeployError(f"teacher {cfg.teacher} was trained on {seen[0]}x{seen[1]}x{seen[2]} images of "
                              f"classes {seen[3]}; this run has {ds.channels}x{ds.height}x{ds.width} "
                              f"images of classes {ds.classes}")
@@ -276,7 +279,7 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
                 "classes": ds.classes}
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "seconds_in_epochs": 0.0}
     if resuming:
-        rng, state = _load_checkpoint(out / rundir.CHECKPOINT, model, optimizer, dist)
+        rng, state = _load_checkpoint(out / layout.CHECKPOINT, model, optimizer, dist)
         _check_same_run(state, identity, device, out)
         _set_rng_state(rng, gen, device)
         log.info("resuming %s after epoch %d of %d", out, state["epoch"], cfg.epochs)
@@ -339,8 +342,8 @@ def _make_dir(out: Path) -> None:
 def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                 rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """The checkpoint, then the log: what --resume and a reader of log.jsonl need after each epoch."""
-    save_checkpoint(out / rundir.CHECKPOINT, model=model, optimizer=optimizer, rng=rng, state=state)
-    write_bytes_atomic(out / rundir.LOG, "".join(json.dumps(r) + "\n" for r in state["history"]).encode())
+    save_checkpoint(out / layout.CHECKPOINT, model=model, optimizer=optimizer, rng=rng, state=state)
+    write_bytes_atomic(out / layout.LOG, "".join(json.dumps(r) + "\n" for r in state["history"]).encode())
 
 
 def _finish(out: Path, cfg: TrainConfig, model: nn.Module, ds: ImageDataset, state: dict,
@@ -349,11 +352,10 @@ def _finish(out: Path, cfg: TrainConfig, model: nn.Module, ds: ImageDataset, sta
 
     history = state["history"]
     best = max(history, key=lambda h: h["test_accuracy"])
-    meta = rundir.model_metadata(cfg.model, model, ds.metadata())
-    meta["dataset_path"] = ds.path
-    rundir.save_weights(out / rundir.WEIGHTS, model)
-    write_json_atomic(out / rundir.MODEL_JSON, meta)
-    plot_curves(history, out / rundir.CURVES, f"{cfg.model} on {ds.name} ({ds.source})")
+    card = weights.card_for(cfg.model, model, ds.metadata(), dataset_path=str(ds.path))
+    weights.save_weights(out / layout.WEIGHTS, model)
+    write_json_atomic(out / layout.MODEL_JSON, card.to_json())
+    plot_curves(history, out / layout.CURVES, f"{cfg.model} on {ds.name} ({ds.source})")
     metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
                "best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
                "epochs": cfg.epochs, "train_images": len(ds.train_y), "test_images": len(ds.test_y),
@@ -364,5 +366,5 @@ def _finish(out: Path, cfg: TrainConfig, model: nn.Module, ds: ImageDataset, sta
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "dataset_source": ds.source, "world_size": world_size,
                "config": dataclasses.asdict(cfg)}
-    rundir.write_metrics(out, metrics)  # written last: its presence marks a complete run
+    records.write_metrics(out, metrics)  # written last: its presence marks a complete run
     return metrics

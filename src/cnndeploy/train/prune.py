@@ -11,40 +11,28 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from cnndeploy import rundir
+from cnndeploy.artifacts import files as layout
+from cnndeploy.artifacts import records
+from cnndeploy.artifacts.card import ModelCard
+from cnndeploy.artifacts.records import PruneRecord
 from cnndeploy.data import dataset_for
 from cnndeploy.data.device import DeviceSplit
 from cnndeploy.errors import CnnDeployError
-from cnndeploy.fileio import write_json_atomic
-from cnndeploy.models import get_spec
+from cnndeploy.models import get_spec, weights
+from cnndeploy.models.cost import count
+from cnndeploy.runtime.accuracy import measure_accuracy
+from cnndeploy.runtime.runners import torch_model_runner
 from cnndeploy.train.fit import TrainConfig, train
-from cnndeploy.train.loop import evaluate
 
 log = logging.getLogger("cnndeploy")
 METHODS = ("l1", "l2", "taylor")
 NAMED = ("mnist", "cifar10")
-
-
-def count(model: nn.Module, shape: tuple[int, int, int]) -> dict[str, int]:
-    import torch_pruning as tp
-
-    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *shape))
-    return {"macs": int(macs), "params": int(params)}
-
-
-def run_cost(run_dir: str | os.PathLike) -> dict[str, int | None]:
-    """Parameters and multiply-accumulates per image of a run directory's network (None without weights)."""
-    run = Path(run_dir)
-    if not (run / rundir.WEIGHTS).is_file():
-        return {"params": None, "macs": None}
-    model, meta = rundir.load_run(run)
-    return count(model, (meta["channels"], meta["height"], meta["width"]))
 
 
 def _importance(method: str):
@@ -89,10 +77,10 @@ def recalibrate_bn(model: nn.Module, split: DeviceSplit, batch_size: int = 256) 
     model.eval()
 
 
-def calibration_split(ds, meta: dict, n: int = 2048, seed: int = 0) -> DeviceSplit:
+def calibration_split(ds, card: ModelCard, n: int = 2048, seed: int = 0) -> DeviceSplit:
     """A fixed random subset of the training split (datasets read from folders are class-sorted)."""
     idx = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(seed))[:n].numpy()
-    return DeviceSplit(ds.train_x[idx], ds.train_y[idx], mean=meta["mean"], std=meta["std"],
+    return DeviceSplit(ds.train_x[idx], ds.train_y[idx], mean=card.mean, std=card.std,
                        device=torch.device("cpu"))
 
 
@@ -118,56 +106,71 @@ def default_finetune_epochs(trained_epochs: int) -> int:
     return max(1, trained_epochs // 5)
 
 
-def _default_out(run: Path, amount: float) -> Path:
-    return run.with_name(f"{run.name}-pruned{round(100 * amount)}")
+@dataclass(frozen=True)
+class PruneConfig:
+    """What `cnndeploy prune` runs with; recorded in prune.json beside the result."""
+    amount: float = 0.5                 # fraction of the channels of every prunable group
+    method: str = "l2"                  # channel importance: l1, l2 (magnitude) or taylor
+    finetune_epochs: int | None = None  # None: 20% of the original run's epochs, at least 1
+    round_to: int | None = 8            # keep channel counts multiples of this (None or 0: off)
+    lr: float | None = None             # None: a quarter of the original run's peak lr
+    precision: str | None = None        # fine-tune compute; None: the original run's
+    distill: bool = False               # fine-tune against the unpruned model's outputs (KD)
+
+    def check(self) -> "PruneConfig":
+        if not 0 < self.amount < 1:
+            raise CnnDeployError(f"--amount {self.amount}: expected a fraction of channels in (0, 1)")
+        if self.method not in METHODS:
+            raise CnnDeployError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
+        return self
 
 
-def prune_run(run_dir: str | os.PathLike, *, amount: float, method: str = "l2",
-              finetune_epochs: int | None = None, round_to: int | None = 8, out: str | None = None,
-              lr: float | None = None, data_dir: str | None = None, device: str = "auto",
-              precision: str | None = None, distill: bool = False, progress: bool = True) -> dict[str, Any]:
-    if not 0 < amount < 1:
-        raise CnnDeployError(f"--amount {amount}: expected a fraction of channels in (0, 1)")
-    if method not in METHODS:
-        raise CnnDeployError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+def prune_run(run_dir: str | os.PathLike, cfg: PruneConfig = PruneConfig(), *, out: str | None = None,
+              data_dir: str | None = None, device: str = "auto", progress: bool = True) -> PruneRecord:
+    """Prune RUN_DIR's model, fine-tune it into a new run directory, write its prune.json."""
+    cfg.check()
     run = Path(run_dir)
-    model, meta = rundir.load_run(run)
-    out_dir = Path(out) if out else _default_out(run, amount)
-    if (out_dir / rundir.METRICS).exists() or (out_dir / rundir.CHECKPOINT).exists():
+    model, card = weights.load_run(run)
+    out_dir = Path(out) if out else run.with_name(layout.pruned_run_name(run.name, cfg.amount))
+    if (out_dir / layout.METRICS).exists() or (out_dir / layout.CHECKPOINT).exists():
         raise CnnDeployError(f"{out_dir} already holds a run; choose another --out (nothing was overwritten)")
-    ds = dataset_for(meta, data_dir=data_dir)
-    dataset = meta["dataset"] if meta["dataset"] in NAMED else ds.path
-    shape = (meta["channels"], meta["height"], meta["width"])
-    test = DeviceSplit(ds.test_x, ds.test_y, mean=meta["mean"], std=meta["std"], device=torch.device("cpu"))
-    before = {**count(model, shape), "test_accuracy": evaluate(model, test)["accuracy"]}
-    calib = calibration_split(ds, meta)
-    prune_model(model, shape, amount=amount, method=method, round_to=round_to, calib=calib)
+    ds = dataset_for(card, data_dir=data_dir)
+    dataset = card.dataset if card.dataset in NAMED else ds.path
+    shape = card.shape
+    before = {**count(model, shape), "test_accuracy": _accuracy(model, card, ds)}
+    calib = calibration_split(ds, card)
+    prune_model(model, shape, amount=cfg.amount, method=cfg.method, round_to=cfg.round_to, calib=calib)
     recalibrate_bn(model, calib)
-    pruned = {**count(model, shape), "test_accuracy": evaluate(model, test)["accuracy"]}
+    pruned = {**count(model, shape), "test_accuracy": _accuracy(model, card, ds)}
     log.info("pruned %s: MACs %.1fM -> %.1fM, params %.2fM -> %.2fM, accuracy %.4f -> %.4f before fine-tune",
-             meta["model"], before["macs"] / 1e6, pruned["macs"] / 1e6, before["params"] / 1e6,
+             card.model, before["macs"] / 1e6, pruned["macs"] / 1e6, before["params"] / 1e6,
              pruned["params"] / 1e6, before["test_accuracy"], pruned["test_accuracy"])
 
-    original = rundir.read_json_if_exists(run / rundir.METRICS).get("config", {})
-    epochs = finetune_epochs if finetune_epochs is not None else default_finetune_epochs(
-        original.get("epochs") or get_spec(meta["model"]).recipe(meta["dataset"]).epochs)
-    recipe_lr = original.get("lr") or get_spec(meta["model"]).recipe(meta["dataset"]).lr
-    init = out_dir / "pruned-init.safetensors"
-    cfg = TrainConfig(model=meta["model"], dataset=dataset, out=str(out_dir), epochs=epochs,
-                      lr=lr or recipe_lr / 4, batch_size=original.get("batch_size"), device=device,
-                      data_dir=data_dir, widths=model.widths(), init_weights=str(init),
-                      precision=precision or original.get("precision", "auto"),
-                      teacher=str(run.resolve()) if distill else None)  # absolute: --resume elsewhere
-    rundir.save_weights(init, model)
-    metrics = train(cfg, progress=progress)
-    report = {"source_run": str(run), "amount": amount, "method": method, "round_to": round_to,
-              "finetune_epochs": epochs, "finetune_lr": cfg.lr, "finetune_precision": cfg.precision,
-              "finetune_teacher": cfg.teacher,
-              "before": before,
-              "pruned_before_finetune": pruned, "after_finetune": {**count(model, shape),
-                                                                   "test_accuracy": metrics["test_accuracy"]},
-              "macs_reduction": round(before["macs"] / pruned["macs"], 3),
-              "params_reduction": round(before["params"] / pruned["params"], 3),
-              "widths": dataclasses.asdict(cfg)["widths"]}
-    write_json_atomic(out_dir / "prune.json", report)
-    return report
+    original = records.read_metrics(run).get("config", {})
+    recipe = get_spec(card.model).recipe(card.dataset)
+    epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else default_finetune_epochs(
+        original.get("epochs") or recipe.epochs)
+    init = out_dir / layout.PRUNE_INIT
+    train_cfg = TrainConfig(model=card.model, dataset=dataset, out=str(out_dir), epochs=epochs,
+                            lr=cfg.lr or (original.get("lr") or recipe.lr) / 4,
+                            batch_size=original.get("batch_size"), device=device, data_dir=data_dir,
+                            widths=model.widths(), init_weights=str(init),
+                            precision=cfg.precision or original.get("precision", "auto"),
+                            teacher=str(run.resolve()) if cfg.distill else None)  # absolute: --resume elsewhere
+    weights.save_weights(init, model)
+    metrics = train(train_cfg, progress=progress)
+    record = PruneRecord(
+        source_run=str(run), amount=cfg.amount, method=cfg.method, round_to=cfg.round_to, finetune_epochs=epochs,
+        finetune_lr=train_cfg.lr, finetune_precision=train_cfg.precision, finetune_teacher=train_cfg.teacher,
+        before=before, pruned_before_finetune=pruned,
+        after_finetune={**count(model, shape), "test_accuracy": metrics["test_accuracy"]},
+        macs_reduction=round(before["macs"] / pruned["macs"], 3),
+        params_reduction=round(before["params"] / pruned["params"], 3),
+        widths=dataclasses.asdict(train_cfg)["widths"], config=dataclasses.asdict(cfg))
+    record.write(out_dir)
+    return record
+
+
+def _accuracy(model: nn.Module, card: ModelCard, ds) -> float:
+    """Test accuracy of the in-memory model through the one accuracy loop (reported, never a decision)."""
+    return measure_accuracy(torch_model_runner(model.eval()), card, ds)["test_accuracy"]

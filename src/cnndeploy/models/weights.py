@@ -1,7 +1,7 @@
-"""The run directory contract (GUIDE section 3): model.safetensors + model.json + metrics.json.
+"""Weights of a run directory: safetensors only (never a pickle), checked against model.json.
 
-Everything here reads files a user may hand us, so nothing is unpickled: weights are
-safetensors, everything else is JSON, and every failure names the file and what was expected.
+Everything here reads files a user may hand us, so every failure names the file and what was
+expected.
 """
 
 from __future__ import annotations
@@ -9,26 +9,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from cnndeploy import __version__
+from cnndeploy.artifacts.card import ModelCard
+from cnndeploy.artifacts.files import MODEL_JSON, WEIGHTS
 from cnndeploy.errors import CheckpointError
-from cnndeploy.fileio import DISK_ERRNOS, atomic_path, read_json, write_error, write_json_atomic
-
-WEIGHTS, MODEL_JSON, METRICS, LOG, CURVES = (
-    "model.safetensors", "model.json", "metrics.json", "log.jsonl", "curves.png")
-CHECKPOINT = "checkpoint.safetensors"
-REQUIRED_META = ("model", "widths", "num_classes", "classes", "channels", "height", "width",
-                 "mean", "std", "dataset")
-
-
-def model_metadata(name: str, model: nn.Module, dataset_meta: dict[str, Any]) -> dict[str, Any]:
-    """model.json: architecture with its actual widths, plus the preprocessing contract."""
-    return {"model": name, "widths": model.widths(), "num_classes": len(dataset_meta["classes"]),
-            **dataset_meta, "cnndeploy_version": __version__}
+from cnndeploy.fileio import DISK_ERRNOS, atomic_path, write_error
 
 
 def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
@@ -83,28 +71,18 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], wh
     model.load_state_dict(state)
 
 
-def read_model_json(run_dir: str | os.PathLike) -> dict[str, Any]:
-    meta = read_json(Path(run_dir) / MODEL_JSON, what=MODEL_JSON)
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{Path(run_dir) / MODEL_JSON}: expected a JSON object")
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise CheckpointError(f"{Path(run_dir) / MODEL_JSON} lacks {missing}")
-    return meta
-
-
-def build_from_metadata(meta: dict[str, Any], where: str) -> nn.Module:
-    from cnndeploy.models import create_model
+def build_from_card(card: ModelCard, where: str) -> nn.Module:
+    from cnndeploy.models.registry import create_model
 
     try:
-        return create_model(meta["model"], int(meta["num_classes"]), int(meta["channels"]),
-                            int(meta["height"]), int(meta["width"]), **meta["widths"])
+        return create_model(card.model, card.num_classes, card.channels, card.height, card.width,
+                            **card.widths)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         msg = str(e.args[0] if e.args else e).splitlines()[0]
         raise CheckpointError(f"{where}: cannot build the model it describes ({msg})") from None
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild the model of a run directory from model.json + model.safetensors alone."""
     run = Path(run_dir)
     if run.is_file():
@@ -114,18 +92,14 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     if not run.is_dir():
         raise CheckpointError(f"run directory not found: {run} (expected a folder made by "
                               "'cnndeploy train')")
-    meta = read_model_json(run)
-    model = build_from_metadata(meta, str(run / MODEL_JSON))
+    card = ModelCard.read(run)
+    model = build_from_card(card, str(run / MODEL_JSON))
     state, _ = load_tensors(run / WEIGHTS)
     load_state_dict_checked(model, state, str(run / WEIGHTS))
-    return model.to(device).eval(), meta
+    return model.to(device).eval(), card
 
 
-def read_json_if_exists(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON object from an optional file, {} when it is absent."""
-    p = Path(path)
-    return read_json(p, what=p.name) if p.is_file() else {}
-
-
-def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
-    write_json_atomic(Path(run_dir) / METRICS, metrics)
+def card_for(name: str, model: nn.Module, dataset_meta: dict, **extra) -> ModelCard:
+    """The ModelCard of a freshly built or trained model: its actual widths + the data's contract."""
+    return ModelCard.from_json({"model": name, "widths": model.widths(), **dataset_meta, **extra},
+                               f"the {name} model being written")

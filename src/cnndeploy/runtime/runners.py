@@ -1,0 +1,128 @@
+"""One runner per backend: given a variant, a callable on a float32 NCHW batch, or a skip reason.
+
+A backend that is not installed or needs an absent GPU is never an exception: `skip_reason`
+says why, and bench records a row with `status: "skipped: <reason>"`. torch and TensorRT are
+imported only by the runners that use them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Callable
+
+import numpy as np
+
+from cnndeploy.artifacts.files import BACKENDS_BY_KIND
+from cnndeploy.artifacts.variants import Variant
+from cnndeploy.errors import CnnDeployError
+
+Runner = Callable[[np.ndarray], np.ndarray]
+BACKENDS = tuple(b for backends in BACKENDS_BY_KIND.values() for b in backends)
+KIND = {b: kind for kind, backends in BACKENDS_BY_KIND.items() for b in backends}  # the file kind each runs
+PROVIDERS = {"ort": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+             "ort-trt": "TensorrtExecutionProvider"}
+
+
+def check_backends(backends: list[str]) -> list[str]:
+    """The backends as given, or one error naming the unknown ones (raised before any work)."""
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown or not backends:
+        raise CnnDeployError(f"--backends: unknown {unknown}; expected some of {', '.join(BACKENDS)}")
+    return backends
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _ort_provider(name: str) -> str | None:
+    from cnndeploy.runtime.onnxruntime_import import onnxruntime
+
+    return None if name in onnxruntime().get_available_providers() else f"onnxruntime has no {name}"
+
+
+def torch_model_runner(model: Any, device: Any = "cpu", *, compile_: bool = False) -> Runner:
+    """A torch module as a runner: numpy in, float32 numpy logits out, no autograd."""
+    import torch
+
+    fn = torch.compile(model) if compile_ else model
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = fn(torch.from_numpy(np.ascontiguousarray(x)).to(device))
+        return out.float().cpu().numpy()
+    return run
+
+
+def _torch_runner(variant: Variant, *, compile_: bool, threads: int | None) -> Runner:
+    import torch
+
+    from cnndeploy.models.weights import load_run
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if _cuda() else "cpu"
+    model, _ = load_run(variant.run, device)
+    return torch_model_runner(model, device, compile_=compile_)
+
+
+def ort_session(path: Any, provider: str = "CPUExecutionProvider", threads: int | None = None) -> Any:
+    """An onnxruntime session on `provider`, with the CPU provider as its fallback."""
+    from cnndeploy.runtime.onnxruntime_import import onnxruntime
+
+    ort = onnxruntime()
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = list(dict.fromkeys([provider, "CPUExecutionProvider"]))
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+def _ort_runner(variant: Variant, provider: str, threads: int | None) -> Runner:
+    sess = ort_session(variant.path, provider, threads)
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
+
+
+def engine_runner(path: Any) -> Runner:
+    """A TensorRT engine as a numpy runner (the engine itself takes torch CUDA tensors)."""
+    import torch
+
+    from cnndeploy.runtime.tensorrt import TensorRTRunner
+
+    engine = TensorRTRunner(path)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        outs = [engine(torch.from_numpy(np.ascontiguousarray(x[i:i + engine.max_batch]))).cpu().numpy()
+                for i in range(0, len(x), engine.max_batch)]
+        return np.concatenate(outs)
+    return run
+
+
+def on_gpu(backend: str) -> bool:
+    """Whether `backend` computes on the GPU here (torch follows CUDA availability)."""
+    return backend in ("ort-cuda", "ort-trt", "tensorrt") or (backend.startswith("torch") and _cuda())
+
+
+def skip_reason(backend: str, variant: Variant) -> str | None:
+    """Why `backend` cannot run `variant` here, or None if it can."""
+    if KIND[backend] != variant.kind:
+        return f"{backend} runs {KIND[backend]} files, not {variant.kind}"
+    if backend in ("ort-cuda", "ort-trt"):
+        return _ort_provider(PROVIDERS[backend])
+    if backend == "tensorrt":
+        if importlib.util.find_spec("tensorrt") is None:
+            return "tensorrt is not installed"
+        if not _cuda():
+            return "no CUDA GPU"
+    return None
+
+
+def make_runner(backend: str, variant: Variant, *, threads: int | None = None) -> Runner:
+    if backend in ("torch", "torch-compile"):
+        return _torch_runner(variant, compile_=backend == "torch-compile", threads=threads)
+    if backend == "tensorrt":
+        return engine_runner(variant.path)
+    return _ort_runner(variant, PROVIDERS[backend], threads)
