@@ -11,6 +11,12 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+if len(sys.argv) != 3:
+    usage = next((line.strip() for line in (__doc__ or "").splitlines()  # None under python -OO
+                  if line.strip().startswith("python ")), "python embed_onnx.py MODEL.onnx IMAGE")
+    print(f"usage: {usage}", file=sys.stderr)
+    sys.exit(2)
+
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 meta = session.get_modelmeta().custom_metadata_map
 classes = json.loads(meta["classes"])
