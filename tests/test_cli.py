@@ -1,7 +1,13 @@
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from cnndeploy.cli import build_parser, main, train_config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,3 +43,97 @@ def test_reproduce_table1_smoke(mini_mnist, tmp_path):
     assert run["model"] == "lenet5" and run["paper"] == 0.9911 and 0 <= run["test_accuracy"] <= 1
     assert run["epochs"] == 1 and len(run["history"]) == 1
     assert "| lenet5 | mnist |" in (tmp_path / "table1-smoke-only-lenet5-mnist.md").read_text()
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def _option_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    formatter = parser._get_formatter()
+    formatter.add_argument(action)
+    return formatter.format_help()
+
+
+def test_top_level_help_speaks_to_users(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "Thin command line" not in out and "ONNX" in out and "CIFAR-10" in out
+    assert "Typical order" in out
+    for command in _commands():
+        assert f"  cnndeploy {command} " in out
+
+
+@pytest.mark.parametrize("command", list(_commands()))
+def test_every_option_has_help_with_its_default_and_every_command_an_example(command, capsys):
+    parser = _commands()[command]
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        text = _option_help(parser, action)
+        assert action.help, f"{command} {action.dest}: no help"
+        if not action.option_strings:
+            assert action.metavar and action.metavar != action.dest, f"{command} {action.dest}: no metavar"
+        elif action.default is not None and action.default is not False:
+            assert "default" in text, f"{command} {action.option_strings[0]}: default not shown:\n{text}"
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    examples = lines[lines.index("Examples:") + 1:]
+    assert examples and all(line.strip().startswith(f"cnndeploy {command} ") for line in examples)
+
+
+def test_train_help_shows_the_defaults_that_stand_behind_none():
+    from cnndeploy.train.fit import TrainConfig
+
+    parser = _commands()["train"]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    shown = []
+    for action in parser._actions:
+        default = defaults.get(action.dest)
+        if default is not None and default is not False and default is not dataclasses.MISSING:
+            assert f"default: {default}" in " ".join(_option_help(parser, action).split()), action.dest
+            shown.append(action.dest)
+    assert sorted(shown) == ["device", "precision", "seed"]
+
+
+def test_typed_train_options_are_explicit_and_the_rest_come_from_trainconfig():
+    args = build_parser().parse_args(["train", "--model", "lenet5", "--dataset", "mnist", "--resume",
+                                      "--seed", "0"])
+    cfg, explicit = train_config_from_args(args)
+    assert explicit == {"model", "dataset", "seed"}  # a typed default is still typed
+    assert cfg.seed == 0 and cfg.lr is None and cfg.device == "auto" and cfg.precision == "auto"
+    assert cfg.out == "runs/lenet5-mnist" and cfg.compile is False
+
+    args = build_parser().parse_args(["train", "--model", "lenet5", "--dataset", "/x/shapes.tar.gz",
+                                      "--device=cpu", "--compile", "--data-dir", "d"])
+    cfg, explicit = train_config_from_args(args)
+    assert explicit == {"model", "dataset", "device", "compile", "data_dir"}
+    assert cfg.seed == 0 and cfg.device == "cpu" and cfg.compile is True and cfg.data_dir == "d"
+    assert cfg.out == "runs/lenet5-shapes"
+
+
+def test_resume_from_the_command_line_checks_only_typed_options(mini_mnist, tmp_path, monkeypatch, capsys):
+    from cnndeploy.train import fit
+
+    out = tmp_path / "run"
+    common = ["train", "--model", "lenet5", "--dataset", "mnist", "--data-dir", str(mini_mnist),
+              "--out", str(out), "--device", "cpu", "--no-progress"]
+    real = fit.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(fit, "save_checkpoint", save_then_stop)
+        assert main([*common, "--epochs", "2", "--subset", "256", "--seed", "3", "--lr", "0.05"]) == 130
+    assert main([*common, "--resume", "--lr", "0.3"]) == 2
+    assert "--lr saved 0.05 vs given 0.3" in capsys.readouterr().err
+    assert main([*common, "--resume", "--seed", "0"]) == 2
+    assert "--seed saved 3 vs given 0" in capsys.readouterr().err
+    # Untyped options (seed 0, the recipe's epochs and batch size) leave the saved ones alone.
+    assert main([*common, "--resume"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["config"]["seed"] == 3 and metrics["train_images"] == 256

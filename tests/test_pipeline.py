@@ -6,12 +6,12 @@ import shutil
 import pytest
 
 from cnndeploy.cli import main
-from cnndeploy.pipeline import PipelineConfig, parse_epochs, run_pipeline
+from cnndeploy.pipeline import parse_epochs, pipeline_config, run_pipeline
 from cnndeploy.errors import CnnDeployError
 
 
 def _config(out, data, **kw):
-    return PipelineConfig(dataset="mnist", models=["lenet5"], out=str(out), epochs=1, batch_sizes=[1, 8],
+    return pipeline_config(dataset="mnist", models=["lenet5"], out=str(out), epochs=1, batch_sizes=[1, 8],
                           min_seconds=0.05, threads=1, device="cpu", data_dir=str(data), **kw)
 
 
@@ -101,7 +101,7 @@ def test_a_finished_run_with_other_epochs_is_refused_not_overwritten(done, mini_
     shutil.copytree(done / "lenet5-mnist", copy / "lenet5-mnist")
     before = (copy / "lenet5-mnist" / "model.safetensors").read_bytes()
     with pytest.raises(CnnDeployError, match="trained for 1 epochs, not the 3 asked for"):
-        run_pipeline(PipelineConfig(dataset="mnist", models=["lenet5"], out=str(copy), epochs=3,
+        run_pipeline(pipeline_config(dataset="mnist", models=["lenet5"], out=str(copy), epochs=3,
                                     data_dir=str(mini_mnist)), progress=False)
     assert (copy / "lenet5-mnist" / "model.safetensors").read_bytes() == before
 

@@ -6,14 +6,72 @@ import argparse
 import json
 import logging
 import sys
-from typing import Sequence
+import textwrap
+from typing import TYPE_CHECKING, Sequence
 
 from cnndeploy import __version__
+
+if TYPE_CHECKING:
+    from cnndeploy.train.fit import TrainConfig
 
 MODELS = ("lenet5", "alexnet", "resnet18", "resnet20", "resnet56")  # checked against the registry in tests
 PRECISIONS = ("auto", "fp32", "bf16")  # train/loop.py's, without importing torch here
 PRECISION_HELP = ("training compute; auto: bf16 on CUDA, fp32 on CPU (bf16 there pays on CPUs with "
                   "AVX512-BF16/AMX); evaluation is always fp32")
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE_HELP = "auto: cuda when torch sees a GPU, else cpu"
+DATA_DIR_HELP = ("folder holding mnist/ and cifar10/ (default: $CNNDEPLOY_DATA, then "
+                 "~/.cache/cnndeploy/datasets)")
+RUN_DIR_HELP = "a folder written by 'cnndeploy train' or 'cnndeploy prune' (model.json + model.safetensors)"
+DATASET_HELP = "mnist, cifar10, or a path to an image folder/archive"
+RECIPE = "default: the model's recipe for the dataset"
+
+DESCRIPTION = """\
+Train small CNNs (LeNet-5, AlexNet, ResNet-18/20/56) on MNIST, CIFAR-10 or your own image
+folder, compress them (structured pruning, INT8 quantization), export them (ONNX, TensorRT,
+a Triton Inference Server model repository), benchmark every variant on every backend
+(accuracy, latency, throughput, size) and try them side by side in a web demo."""
+
+EPILOG = """\
+Typical order (each command reads the run directory the one before wrote):
+  cnndeploy train --model lenet5 --dataset mnist --data-dir data/mnist-mini --out runs/lenet5-mnist
+  cnndeploy prune runs/lenet5-mnist --amount 0.5 --data-dir data/mnist-mini
+  cnndeploy export runs/lenet5-mnist runs/lenet5-mnist-pruned50 --onnx --data-dir data/mnist-mini
+  cnndeploy quant runs/lenet5-mnist --target cpu --data-dir data/mnist-mini
+  cnndeploy eval runs/lenet5-mnist/model.int8-cpu.onnx --data-dir data/mnist-mini
+  cnndeploy bench runs/lenet5-mnist runs/lenet5-mnist-pruned50 --data-dir data/mnist-mini
+  cnndeploy serve runs/lenet5-mnist runs/lenet5-mnist-pruned50
+
+or all of it in one resumable command that ends in report.md:
+  cnndeploy pipeline --dataset mnist --data-dir data/mnist-mini --models lenet5 --out runs/quickstart
+
+'cnndeploy COMMAND --help' lists a command's options and examples."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and epilogs (the examples) and shows every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        # `is`, not `in`: a default of 0 equals False but is worth showing
+        if (not action.option_strings or default is None or default is False
+                or default is argparse.SUPPRESS or "%(default)" in text):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # unbroken option names and paths (--data-dir, RUN_DIR-pruned50) read and paste better
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+
+def _examples(*lines: str) -> str:
+    return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _parser(**kw) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(allow_abbrev=False, formatter_class=HelpFormatter, **kw)
 
 
 def _positive_int(text: str) -> int:
@@ -41,43 +99,74 @@ def _fraction(low: float, high: float, closed_high: bool):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model into a run directory",
-                       description="Train a model; unset hyper-parameters come from the model's "
-                                   "recipe for the dataset (see README).")
-    p.add_argument("--model", required=True, choices=MODELS)
-    p.add_argument("--dataset", required=True, help="mnist, cifar10, or a path to an image folder/archive")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--lr", type=_positive_float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=_fraction(0.0, 1.0, True))
-    p.add_argument("--label-smoothing", type=_fraction(0.0, 1.0, False))
-    p.add_argument("--warmup", type=_fraction(0.0, 1.0, True), help="fraction of steps spent warming up")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    p.add_argument("--subset", type=_positive_int, help="train on a fixed random subset of N images")
-    p.add_argument("--data-dir")
-    p.add_argument("--download", action="store_true", help="fetch MNIST/CIFAR-10 if missing")
-    p.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--sync-bn", action="store_true",
+    # Options that are TrainConfig fields default to None, so that "typed" is "not None": --resume
+    # refuses typed values that differ from the saved run's. Their help states the effective default.
+    p = sub.add_parser(
+        "train", help="train a model into a run directory",
+        description="Train a model into a run directory (model.json, model.safetensors, metrics.json,\n"
+                    "log.jsonl, curves); unset hyper-parameters come from the model's recipe for the\n"
+                    "dataset (see README). A checkpoint is kept after every epoch, so an interrupted\n"
+                    "run continues with --resume.",
+        epilog=_examples(
+            "cnndeploy train --model lenet5 --dataset mnist --data-dir data/mnist-mini --out runs/lenet5-mnist",
+            "cnndeploy train --model lenet5 --dataset mnist --data-dir data/mnist-mini --epochs 2 --subset 2000 "
+            "--device cpu"))
+    p.add_argument("--model", required=True, choices=MODELS, help="the network to train")
+    p.add_argument("--dataset", required=True, help=DATASET_HELP)
+    p.add_argument("--epochs", type=_positive_int, help=RECIPE)
+    p.add_argument("--batch-size", type=_positive_int, help=f"images per step ({RECIPE})")
+    p.add_argument("--lr", type=_positive_float, help=f"peak learning rate ({RECIPE})")
+    p.add_argument("--weight-decay", type=_fraction(0.0, 1.0, True),
+                   help=f"SGD weight decay on conv/linear weights ({RECIPE})")
+    p.add_argument("--label-smoothing", type=_fraction(0.0, 1.0, False),
+                   help=f"in [0, 1) ({RECIPE})")
+    p.add_argument("--warmup", type=_fraction(0.0, 1.0, True),
+                   help=f"fraction of steps spent warming up ({RECIPE})")
+    p.add_argument("--device", choices=DEVICES, default=None, help=f"{DEVICE_HELP} (default: auto)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the initial weights, data order and augmentation (default: 0)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=f"{PRECISION_HELP} (default: auto)")
+    p.add_argument("--subset", type=_positive_int, metavar="N",
+                   help="train on a fixed random subset of N images (default: all of them)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--download", action="store_true", default=None, help="fetch MNIST/CIFAR-10 if missing")
+    p.add_argument("--out", help="run directory (default: runs/<model>-<dataset>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out with its saved options; options typed "
+                        "with it must match them, except --device, --data-dir and --precision")
+    p.add_argument("--sync-bn", action="store_true", default=None,
                    help="under torchrun on GPUs: BatchNorm statistics over the whole global batch")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="re-measure test accuracy of a run directory, ONNX file or TensorRT engine")
-    p.add_argument("run_dir", metavar="RUN_DIR|MODEL.onnx|MODEL.engine")
-    p.add_argument("--dataset", help="override the dataset recorded in model.json")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p = sub.add_parser(
+        "eval", help="re-measure test accuracy of a run directory, ONNX file or TensorRT engine",
+        description="Measure the test accuracy of a trained model on the whole test set of "
+                    "its dataset;\nprints JSON.",
+        epilog=_examples("cnndeploy eval runs/lenet5-mnist --data-dir data/mnist-mini",
+                         "cnndeploy eval runs/lenet5-mnist/model.onnx --data-dir data/mnist-mini"))
+    p.add_argument("run_dir", metavar="RUN_DIR|MODEL.onnx|MODEL.engine",
+                   help=f"RUN_DIR: {RUN_DIR_HELP}; MODEL.onnx: written by 'cnndeploy export --onnx' or "
+                        "'cnndeploy quant'; MODEL.engine: written by 'cnndeploy export --trt'")
+    p.add_argument("--dataset", help="override the dataset recorded with the model "
+                                     "(default: the one it was trained on)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help=f"for a RUN_DIR; {DEVICE_HELP}")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a run directory to ONNX (validated against PyTorch), "
-                                      "TensorRT, or a Triton model repository")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p = sub.add_parser(
+        "export", help="export a run directory to ONNX (validated against PyTorch), "
+                       "TensorRT, or a Triton model repository",
+        description="Export run directories to ONNX (checked against PyTorch on test images), to\n"
+                    "TensorRT engines, and/or to a Triton Inference Server model repository.",
+        epilog=_examples(
+            "cnndeploy export runs/lenet5-mnist --onnx --data-dir data/mnist-mini",
+            "cnndeploy export runs/lenet5-mnist --onnx --triton-repo triton-models --data-dir data/mnist-mini"))
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=f"one or more; {RUN_DIR_HELP}")
     p.add_argument("--onnx", action="store_true", help="write RUN_DIR/model.onnx")
     p.add_argument("--trt", action="store_true", help="build a TensorRT engine (needs tensorrt and a GPU)")
     p.add_argument("--fp16", action="store_true", help="with --trt: an fp16 engine")
@@ -86,13 +175,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--with-preprocess", action="store_true",
                    help="also write model.uint8.onnx taking uint8 NHWC pixels (normalisation inside)")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (17 or newer)")
-    p.add_argument("--out", help="ONNX path (default RUN_DIR/model.onnx; one RUN_DIR only)")
-    p.add_argument("--data-dir", help="where the test images used for validation are")
+    p.add_argument("--out", help="ONNX path (default: RUN_DIR/model.onnx; one RUN_DIR only)")
+    p.add_argument("--data-dir", help=f"where the test images used for validation are; {DATA_DIR_HELP}")
     t = p.add_argument_group("Triton Inference Server", "a model repository with one model per ONNX file "
-                             "and engine of each RUN_DIR (needs tritonclient: pip install 'cnndeploy[triton]')")
-    t.add_argument("--triton-repo", metavar="DIR", help="write (or add to) the model repository DIR")
+                             "and engine of each RUN_DIR\n(needs tritonclient: pip install 'cnndeploy[triton]')")
+    t.add_argument("--triton-repo", metavar="DIR", help="write (or add to) the model repository DIR "
+                                                         "(default: none written)")
     t.add_argument("--max-batch-size", type=_positive_int, default=256, help="Triton's max_batch_size")
-    t.add_argument("--preferred-batch-sizes", type=_int_list, default=[32, 128],
+    t.add_argument("--preferred-batch-sizes", type=_int_list, default=[32, 128], metavar="N,N,...",
                    help="dynamic batching's preferred batch sizes")
     t.add_argument("--max-queue-delay-us", type=int, default=100,
                    help="how long Triton may wait to fill a preferred batch (microseconds)")
@@ -102,36 +192,48 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_quant(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quant", help="INT8 post-training quantization of RUN_DIR/model.onnx",
-                       description="Static INT8 quantization (QDQ, per-channel weights) calibrated on "
-                                   "training images; the result is evaluated on the whole test set.")
-    p.add_argument("run_dir")
+    p = sub.add_parser(
+        "quant", help="INT8 post-training quantization of RUN_DIR/model.onnx",
+        description="Static INT8 quantization (QDQ, per-channel weights) calibrated on training images;\n"
+                    "the result is evaluated on the whole test set. Exports RUN_DIR/model.onnx first\n"
+                    "when it is missing.",
+        epilog=_examples("cnndeploy quant runs/lenet5-mnist --target cpu --data-dir data/mnist-mini",
+                         "cnndeploy quant runs/lenet5-mnist --target tensorrt --method entropy "
+                         "--data-dir data/mnist-mini"))
+    p.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     p.add_argument("--target", default="cpu", choices=("cpu", "tensorrt"),
                    help="cpu: uint8 activations (x86 VNNI); tensorrt: symmetric int8, zero point 0")
-    p.add_argument("--calib-size", type=_positive_int, default=512)
-    p.add_argument("--method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    p.add_argument("--calib-size", type=_positive_int, default=512, help="training images to calibrate on")
+    p.add_argument("--method", default="minmax", choices=("minmax", "entropy", "percentile"),
+                   help="how activation ranges are chosen from the calibration images")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
 
 
 def _add_prune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prune", help="structured channel pruning (Torch-Pruning) + fine-tune",
-                       description="Remove a fraction of the channels of every prunable layer group, "
-                                   "then fine-tune; writes a new run directory.")
-    p.add_argument("run_dir")
+    p = sub.add_parser(
+        "prune", help="structured channel pruning (Torch-Pruning) + fine-tune",
+        description="Remove a fraction of the channels of every prunable layer group, then fine-tune;\n"
+                    "writes a new run directory that every other command takes like a trained one.",
+        epilog=_examples("cnndeploy prune runs/lenet5-mnist --amount 0.5 --data-dir data/mnist-mini",
+                         "cnndeploy prune runs/lenet5-mnist --amount 0.3 --distill --out runs/lenet5-p30 "
+                         "--data-dir data/mnist-mini"))
+    p.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     p.add_argument("--amount", type=float, required=True, help="fraction of channels to remove, in (0, 1)")
-    p.add_argument("--method", default="l2", choices=("l1", "l2", "taylor"))
-    p.add_argument("--finetune-epochs", type=int, help="default: 20%% of the original run's epochs, rounded down, at least 1")
+    p.add_argument("--method", default="l2", choices=("l1", "l2", "taylor"),
+                   help="channel importance: l1/l2 norm of the weights, or first-order Taylor")
+    p.add_argument("--finetune-epochs", type=int,
+                   help="default: 20%% of the original run's epochs, rounded down, at least 1")
     p.add_argument("--lr", type=_positive_float, help="fine-tune peak lr (default: a quarter of the original)")
     p.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (0: off)")
-    p.add_argument("--out", help="default: RUN_DIR-pruned<percent>")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", help="the new run directory (default: RUN_DIR-pruned<percent>)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, help="fine-tune compute (default: the original run's)")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune against the unpruned model's outputs (knowledge distillation, "
                         "T=4, weight 0.9); each step then also runs the unpruned model forward")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _int_list(text: str) -> list[int]:
@@ -145,16 +247,26 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="accuracy, latency and size of every variant on every backend")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p = sub.add_parser(
+        "bench", help="accuracy, latency and size of every variant on every backend",
+        description="Measure every variant in the run directories (PyTorch weights, ONNX, INT8, TensorRT\n"
+                    "engines) on every backend: test accuracy, latency percentiles, throughput, size;\n"
+                    "writes bench.json, bench.csv, bench.md and plots. Backends or variants that cannot\n"
+                    "run here become skipped rows.",
+        epilog=_examples(
+            "cnndeploy bench runs/lenet5-mnist --backends torch,ort --batch-sizes 1,32 --data-dir data/mnist-mini",
+            "cnndeploy bench runs/lenet5-mnist runs/lenet5-mnist-pruned50 --threads 2 --data-dir data/mnist-mini"))
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=f"one or more; {RUN_DIR_HELP}")
     p.add_argument("--backends", default="torch,ort",
                    help="comma list of torch,torch-compile,ort,ort-cuda,ort-trt,tensorrt")
-    p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256])
-    p.add_argument("--threads", type=_positive_int, help="intra-op threads for torch and onnxruntime")
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256], metavar="N,N,...",
+                   help="batch sizes to time")
+    p.add_argument("--threads", type=_positive_int,
+                   help="intra-op threads for torch and onnxruntime (default: the libraries' own)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="timing budget per row")
-    p.add_argument("--out", default="bench")
-    p.add_argument("--data-dir")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default="bench", help="folder for the results")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _size(text: str) -> int:
@@ -172,46 +284,61 @@ def _size(text: str) -> int:
 
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="train -> prune -> export -> quant -> TensorRT -> bench -> report.md",
-                       description="One command from nothing to report.md. Each stage is skipped when its "
-                                   "outputs exist and are complete, so an interrupted pipeline resumes.")
-    p.add_argument("--dataset", required=True, help="mnist, cifar10, or a path to an image folder/archive")
-    p.add_argument("--models", default="lenet5,alexnet,resnet18", help="comma list of models")
+    p = sub.add_parser(
+        "pipeline", help="train -> prune -> export -> quant -> TensorRT -> bench -> report.md",
+        description="One command from nothing to report.md: train, prune, export, quant, TensorRT, bench.\n"
+                    "Each stage is skipped when its outputs exist and are complete, so an interrupted\n"
+                    "pipeline resumes.",
+        epilog=_examples(
+            "cnndeploy pipeline --dataset mnist --data-dir data/mnist-mini --models lenet5 --out runs/quickstart",
+            "cnndeploy pipeline --dataset mnist --data-dir data/mnist-mini --models lenet5,alexnet "
+            "--epochs lenet5=6,alexnet=2"))
+    p.add_argument("--dataset", required=True, help=DATASET_HELP)
+    p.add_argument("--models", default="lenet5,alexnet,resnet18",
+                   help=f"comma list of models ({', '.join(MODELS)})")
     p.add_argument("--epochs", help="N for every model, or per model: lenet5=6,resnet18=2 (default: recipes)")
     p.add_argument("--prune", type=float, default=0.5, help="fraction of channels to prune (0: skip pruning)")
     p.add_argument("--finetune-epochs", type=int, help="default: 20%% of each model's epochs, rounded down, at least 1")
     p.add_argument("--distill", action="store_true", help="fine-tune pruned models against the unpruned ones (KD)")
     p.add_argument("--backends", default="torch,ort,ort-cuda,tensorrt",
                    help="bench backends; absent ones appear as skipped rows")
-    p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256])
-    p.add_argument("--threads", type=_positive_int, help="intra-op threads for torch and onnxruntime")
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256], metavar="N,N,...",
+                   help="bench batch sizes")
+    p.add_argument("--threads", type=_positive_int,
+                   help="intra-op threads for torch and onnxruntime (default: the libraries' own)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="timing budget per bench row")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES, help=f"training device; {DEVICE_HELP}")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--out", default="pipeline", help="folder for the run directories, bench and report.md")
-    p.add_argument("--data-dir")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="Gradio demo: every variant of the run directories answers the same image")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p = sub.add_parser(
+        "serve", help="Gradio demo: every variant of the run directories answers the same image",
+        description="A web demo (Gradio): every variant in the run directories (PyTorch, ONNX, INT8,\n"
+                    "pruned) classifies the same uploaded image side by side.\n"
+                    "Needs gradio: pip install 'cnndeploy[demo]'.",
+        epilog=_examples("cnndeploy serve runs/lenet5-mnist",
+                         "cnndeploy serve runs/lenet5-mnist runs/lenet5-mnist-pruned50 --port 8080"))
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=f"one or more; {RUN_DIR_HELP}")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes the demo to the network: an explicit choice")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--max-file-size", type=_size, default=5_000_000, help="largest upload, e.g. 5MB")
+    p.add_argument("--port", type=int, default=7860, help="TCP port to listen on")
+    p.add_argument("--max-file-size", type=_size, default=5_000_000,
+                   help="largest upload: bytes, or with a unit (5MB, 512kB)")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
     p.add_argument("--max-queue", type=_positive_int, default=64, help="requests waiting at most")
     p.add_argument("--concurrency", type=_positive_int, default=4, help="requests served at once")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnndeploy", description=__doc__, allow_abbrev=False)
+    parser = _parser(prog="cnndeploy", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"cnndeploy {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of expected errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True,
-                                parser_class=lambda **kw: argparse.ArgumentParser(allow_abbrev=False, **kw))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_parser)
     _add_train(sub)
     _add_eval(sub)
     _add_export(sub)
@@ -223,19 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_train(args: argparse.Namespace, explicit: set[str]) -> int:
+def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """The TrainConfig of a parsed `train` command line, and the names of the options that were typed."""
+    import dataclasses
     from pathlib import Path
 
-    from cnndeploy.train.distributed import PeerError, env_rank
-    from cnndeploy.train.fit import TrainConfig, train
+    from cnndeploy.train.fit import TrainConfig
 
-    dataset_tag = Path(args.dataset).name.split(".")[0] or "data"
-    cfg = TrainConfig(model=args.model, dataset=args.dataset, out=args.out or f"runs/{args.model}-{dataset_tag}",
-                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                      warmup=args.warmup, seed=args.seed, device=args.device, compile=args.compile,
-                      data_dir=args.data_dir, download=args.download, subset=args.subset,
-                      sync_bn=args.sync_bn, precision=args.precision)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {name: value for name, value in vars(args).items() if value is not None and name in fields}
+    explicit = set(given)
+    if not given.get("out"):
+        dataset_tag = Path(args.dataset).name.split(".")[0] or "data"
+        given["out"] = f"runs/{args.model}-{dataset_tag}"
+    return TrainConfig(**given), explicit
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cnndeploy.train.distributed import PeerError, env_rank
+    from cnndeploy.train.fit import train
+
+    cfg, explicit = train_config_from_args(args)
     try:
         metrics = train(cfg, resume=args.resume, explicit=explicit, progress=not args.no_progress)
     except PeerError:
@@ -247,7 +382,7 @@ def _cmd_train(args: argparse.Namespace, explicit: set[str]) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace, explicit: set[str]) -> int:
+def _cmd_eval(args: argparse.Namespace) -> int:
     from cnndeploy.runtime.evaluate import evaluate_path
 
     result = evaluate_path(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, device=args.device)
@@ -255,7 +390,7 @@ def _cmd_eval(args: argparse.Namespace, explicit: set[str]) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace, explicit: set[str]) -> int:
+def _cmd_export(args: argparse.Namespace) -> int:
     from cnndeploy.errors import CnnDeployError
 
     if not (args.onnx or args.trt or args.triton_repo):
@@ -306,7 +441,7 @@ def _export_triton(args: argparse.Namespace) -> None:
               f"{m['instance_kind']} instances <- {m['file']}")
 
 
-def _cmd_quant(args: argparse.Namespace, explicit: set[str]) -> int:
+def _cmd_quant(args: argparse.Namespace) -> int:
     from cnndeploy.quant import QuantConfig, quantize_run
 
     cfg = QuantConfig(target=args.target, calib_size=args.calib_size, method=args.method, seed=args.seed)
@@ -317,7 +452,7 @@ def _cmd_quant(args: argparse.Namespace, explicit: set[str]) -> int:
     return 0
 
 
-def _cmd_prune(args: argparse.Namespace, explicit: set[str]) -> int:
+def _cmd_prune(args: argparse.Namespace) -> int:
     from cnndeploy.train.prune import PruneConfig, prune_run
 
     cfg = PruneConfig(amount=args.amount, method=args.method, finetune_epochs=args.finetune_epochs,
@@ -332,7 +467,7 @@ def _cmd_prune(args: argparse.Namespace, explicit: set[str]) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace, explicit: set[str]) -> int:
+def _cmd_bench(args: argparse.Namespace) -> int:
     from cnndeploy.bench.harness import BenchConfig, run_bench
 
     cfg = BenchConfig(backends=[b for b in args.backends.split(",") if b], batch_sizes=args.batch_sizes,
@@ -343,10 +478,10 @@ def _cmd_bench(args: argparse.Namespace, explicit: set[str]) -> int:
     return 0
 
 
-def _cmd_pipeline(args: argparse.Namespace, explicit: set[str]) -> int:
-    from cnndeploy.pipeline import PipelineConfig, run_pipeline
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from cnndeploy.pipeline import pipeline_config, run_pipeline
 
-    cfg = PipelineConfig(dataset=args.dataset, models=[m for m in args.models.split(",") if m],
+    cfg = pipeline_config(dataset=args.dataset, models=[m for m in args.models.split(",") if m],
                          epochs=args.epochs, prune=args.prune, finetune_epochs=args.finetune_epochs,
                          distill=args.distill,
                          backends=[b for b in args.backends.split(",") if b], batch_sizes=args.batch_sizes,
@@ -357,7 +492,7 @@ def _cmd_pipeline(args: argparse.Namespace, explicit: set[str]) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace, explicit: set[str]) -> int:
+def _cmd_serve(args: argparse.Namespace) -> int:
     from cnndeploy.serve.app import serve
 
     serve(args.run_dirs, host=args.host, port=args.port, max_file_size=args.max_file_size, share=args.share,
@@ -369,22 +504,14 @@ COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export, "quan
             "prune": _cmd_prune, "bench": _cmd_bench, "pipeline": _cmd_pipeline, "serve": _cmd_serve}
 
 
-def _explicit_options(argv: Sequence[str]) -> set[str]:
-    """Names of the options the user typed (so --resume can tell them from defaults)."""
-    typed = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    return {a.lstrip("-").replace("-", "_") for a in typed}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     from cnndeploy.errors import CnnDeployError
 
     try:
-        return COMMANDS[args.command](args, _explicit_options(argv))
+        return COMMANDS[args.command](args)
     except CnnDeployError as e:
         if args.debug:
             raise

@@ -59,6 +59,20 @@ class PipelineConfig:
         return _plain(dataclasses.asdict(self))
 
 
+def pipeline_config(*, dataset: str, models: list[str], prune: float = 0.5, finetune_epochs: int | None = None,
+                    distill: bool = False, backends: list[str] | None = None, batch_sizes: list[int] | None = None,
+                    threads: int | None = None, min_seconds: float = 1.0, **common: Any) -> PipelineConfig:
+    """A PipelineConfig from the command line's flat options (prune 0: no pruned variants)."""
+    if not 0 <= prune < 1:
+        raise CnnDeployError(f"--prune {prune}: expected a fraction of channels in [0, 1) (0 skips pruning)")
+    bench = PipelineConfig.__dataclass_fields__["bench"].default_factory()
+    bench = dataclasses.replace(bench, threads=threads, min_seconds=min_seconds,
+                                **({"backends": backends} if backends else {}),
+                                **({"batch_sizes": batch_sizes} if batch_sizes else {}))
+    pruning = PruneConfig(amount=prune, finetune_epochs=finetune_epochs, distill=distill) if prune else None
+    return PipelineConfig(dataset=dataset, models=models, prune=pruning, bench=bench, **common)
+
+
 def _plain(value: Any) -> Any:
     """As JSON would give it back (tuples become lists), so a recorded config compares equal."""
     return json.loads(json.dumps(value, default=str))
