@@ -91,7 +91,11 @@ def _always_zero(run: Path, out: Path) -> Path:
     onnx.save(model, str(out / "model.onnx"))
     for name in ("model.json", "metrics.json"):
         (out / name).write_bytes((run / name).read_bytes())
-    (out / "prune.json").write_text(json.dumps({"source_run": str(run)}))
+    from cnndeploy.artifacts.records import PruneRecord
+
+    PruneRecord(source_run=str(run), amount=0.5, method="l2", round_to=8, finetune_epochs=1, finetune_lr=0.01,
+                finetune_precision="fp32", finetune_teacher=None, before={}, pruned_before_finetune={},
+                after_finetune={}, macs_reduction=1.0, params_reduction=1.0, widths={}).write(out)
     return out
 
 

@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-from cnndeploy.artifacts import files as layout
 from cnndeploy.models import weights
 from cnndeploy.cli import main
 from cnndeploy.models import create_model

@@ -32,7 +32,7 @@ from cnndeploy.data import load_dataset
 from cnndeploy.errors import CheckpointError, DatasetError
 from cnndeploy.export import tensorrt
 from cnndeploy.models import create_model
-from cnndeploy.serve import runtime
+from cnndeploy.runtime import classifier as runtime
 from cnndeploy.serve.runtime import Classifier, ImageInputError, ModelFileError
 from cnndeploy.train.fit import TrainConfig, train
 

@@ -247,10 +247,11 @@ def test_models_table_and_downloads(demo, runs):
 def test_bench_rows_are_read_from_bench_json(runs, tmp_path):
     bench = runs.mnist.parent / "bench"
     bench.mkdir(exist_ok=True)
-    rows = [{"variant": "lenet5-mnist:fp32", "backend": "ort", "batch_size": 1, "accuracy": 0.9, "latency_ms_p50": 0.1,
+    rows = [{"variant": "lenet5-mnist:fp32", "run": "lenet5-mnist", "backend": "ort", "batch_size": 1, "accuracy": 0.9, "latency_ms_p50": 0.1,
              "latency_ms_p99": 0.3, "throughput_ips": 9000.0, "size_bytes": 265000, "slower_than_parent": None,
              "status": "ok"},
-            {"variant": "someone-else:fp32", "backend": "ort", "batch_size": 1, "status": "ok"}]
+            {"variant": "someone-else:fp32", "run": "someone-else", "backend": "ort", "batch_size": 1,
+             "status": "ok"}]
     (bench / "bench.json").write_text(json.dumps({"environment": {}, "rows": rows}))
     try:
         found = tables.find_bench([runs.mnist])

@@ -64,8 +64,9 @@ class ModelCard:
         if missing:
             raise ModelCardError(f"{where} lacks {missing}")
         if not isinstance(data["widths"], dict):
-            raise ModelCardError(f"{where}: 'widths' must be an object of layer widths")
-        return cls._checked(data, where)
+            raise ModelCardError(f"{where}: cannot build the model it describes ('widths' must be an object "
+                                 "of layer widths)")
+        return cls._checked(data, where, "cannot build the model it describes")
 
     @classmethod
     def read(cls, run_dir: str | Path) -> "ModelCard":
@@ -92,7 +93,7 @@ class ModelCard:
                 try:
                     merged[key] = json.loads(text)
                 except (ValueError, RecursionError):
-                    raise ModelCardError(f"{where}: metadata {key!r} is not valid JSON") from None
+                    raise ModelCardError(f"{where}: malformed metadata ({key!r} is not valid JSON)") from None
             else:
                 merged[key] = text
         merged.update({k: v for k, v in overrides.items() if v is not None})
@@ -119,7 +120,7 @@ class ModelCard:
     # --- one validation for both sources ------------------------------------------------------
 
     @classmethod
-    def _checked(cls, d: dict[str, Any], where: str) -> "ModelCard":
+    def _checked(cls, d: dict[str, Any], where: str, problem: str = "malformed metadata") -> "ModelCard":
         try:
             classes = d["classes"]
             if not isinstance(classes, list) or not all(isinstance(c, (str, int)) for c in classes):
@@ -130,7 +131,7 @@ class ModelCard:
                        widths=dict(d.get("widths") or {}), dataset_source=str(d.get("dataset_source") or ""),
                        dataset_path=str(d["dataset_path"]) if d.get("dataset_path") else None)
         except (ValueError, TypeError, OverflowError) as e:
-            raise ModelCardError(f"{where}: malformed metadata ({e})") from None
+            raise ModelCardError(f"{where}: {problem} ({e})") from None
         c = card.channels
         if (not card.classes or c not in (1, 3) or not 1 <= min(card.height, card.width)
                 or max(card.height, card.width) > MAX_SIDE or len(card.mean) != c or len(card.std) != c

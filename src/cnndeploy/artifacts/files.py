@@ -70,6 +70,7 @@ QUANT_TARGETS = {"cpu": "model.int8-cpu.onnx", "tensorrt": "model.int8-trt.onnx"
 
 # TensorRT engines are tied to the TensorRT version and the GPU, so both are in the name.
 ENGINE_SOURCES = {"fp32": ONNX, "fp16": ONNX, "int8": QUANT_TARGETS["tensorrt"]}
+ENGINE_MAX_BATCH = 256   # engines are built with an optimisation profile for batches 1..this
 ENGINE_RE = re.compile(r"\.(?P<precision>fp32|fp16|int8)\.trt(?P<trt>[\d.]+)\.sm(?P<sm>\d+)\.engine$")
 _ENGINE = FileSpec("", "engine", "", "", "cnndeploy export RUN_DIR --trt", None, triton_instance="gpu")
 

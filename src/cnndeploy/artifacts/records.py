@@ -56,9 +56,10 @@ class PruneRecord:
     def read(cls, run: Path) -> "PruneRecord | None":
         data = read_object(Path(run) / PRUNE)
         names = {f.name for f in dataclasses.fields(cls)}
-        if not data or "source_run" not in data:
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names}) if data else None
+        except TypeError:  # fields missing: not a prune.json that prune wrote
             return None
-        return cls(**{k: v for k, v in data.items() if k in names})
 
     def write(self, run: Path) -> None:
         write_json_atomic(Path(run) / PRUNE, dataclasses.asdict(self))

@@ -27,8 +27,11 @@ from typing import Any, Callable
 import numpy as np
 
 from cnndeploy import __version__
+from cnndeploy.artifacts import files as layout
+from cnndeploy.artifacts.variants import discover
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import write_bytes_atomic
+from cnndeploy.runtime.classifier import check_external_data
 
 log = logging.getLogger("cnndeploy")
 
@@ -66,7 +69,7 @@ class Tensor:
 
 @dataclass(frozen=True)
 class Variant:
-    """One deployable file of a run directory and how Triton should serve it."""
+    """One deployable file of a run directory and how Triton serves it (named for Triton, not bench)."""
 
     suffix: str              # appended to the run directory's name to name the Triton model
     file: Path               # copied to <model>/1/
@@ -89,33 +92,31 @@ def require_model_config():
 # --- what to export ----------------------------------------------------------------------------
 
 def variants(run: Path) -> list[Variant]:
-    """Every file of `run` that Triton can serve: FP32 ONNX, uint8-input ONNX, INT8 ONNX, engines."""
-    from cnndeploy.export.tensorrt import ENGINE_RE
-
-    onnx = run / "model.onnx"
+    """Every file of `run` the run-directory table gives a Triton name: FP32, FP16, uint8-input and
+    INT8 ONNX files, and TensorRT engines (as plans)."""
+    onnx = run / layout.ONNX
     if not onnx.is_file():
         raise TritonError(f"{onnx} not found: export it first with 'cnndeploy export {run} --onnx' "
                           "(or add --onnx to this command)")
-    found = [Variant("", onnx, "onnx", onnx)]
-    if (run / "model.uint8.onnx").is_file():
-        found.append(Variant("-uint8", run / "model.uint8.onnx", "onnx", run / "model.uint8.onnx"))
-    if (run / "model.int8-cpu.onnx").is_file():  # uint8 QDQ for x86 VNNI: a CPU model
-        found.append(Variant("-int8-cpu", run / "model.int8-cpu.onnx", "onnx", run / "model.int8-cpu.onnx",
-                             instance_kind="cpu"))
-    for engine in sorted(run.glob("*.engine")):
-        m = ENGINE_RE.search(engine.name)
-        if not m:
-            log.warning("%s: not named like an engine of 'cnndeploy export --trt'; left out", engine)
+    found: list[Variant] = []
+    for file in discover(run, classifiers_only=False):
+        spec = file.spec
+        if spec.triton_suffix is None:
             continue
-        source = run / ("model.int8-trt.onnx" if m["precision"] == "int8" else "model.onnx")
-        if not source.is_file():
-            raise TritonError(f"{engine.name} needs {source.name} beside it to declare its inputs and outputs")
-        suffix = f"-trt-{m['precision']}"
-        twin = next((v.file.name for v in found if v.suffix == suffix), None)
+        if spec.kind == "onnx":
+            found.append(Variant(spec.triton_suffix, file.path, "onnx", file.path, spec.triton_instance))
+            continue
+        source = file.source
+        if source is None or not source.is_file():
+            raise TritonError(f"{spec.name} needs {spec.source} beside it to declare its inputs and outputs")
+        twin = next((v.file.name for v in found if v.suffix == spec.triton_suffix), None)
         if twin:  # same precision for another TensorRT or GPU: the server can load only one of them
-            raise TritonError(f"{run} holds two {m['precision']} engines ({twin}, {engine.name}); keep the one "
+            raise TritonError(f"{run} holds two {spec.precision} engines ({twin}, {spec.name}); keep the one "
                               "built for the serving GPU and TensorRT version")
-        found.append(Variant(suffix, engine, "plan", source, instance_kind="gpu"))
+        found.append(Variant(spec.triton_suffix, file.path, "plan", source, spec.triton_instance))
+    for engine in sorted(run.glob("*.engine")):
+        if layout.engine_spec(engine.name) is None:
+            log.warning("%s: not named like an engine of 'cnndeploy export --trt'; left out", engine)
     return found
 
 
@@ -138,8 +139,6 @@ def _tensor(value_info, batched: bool) -> Tensor:
 def read_io(path: Path) -> tuple[list[Tensor], list[Tensor], bool, dict[str, str]]:
     """Inputs, outputs, whether axis 0 is a free batch axis on all of them, and the metadata props."""
     import onnx
-
-    from cnndeploy.runtime.classifier import check_external_data
 
     check_external_data(path)
     try:
@@ -341,13 +340,11 @@ def _build_model(folder: Path, name: str, variant: Variant, options: TritonOptio
     inputs, outputs, batched, meta = read_io(variant.io_source)
     if not outputs:
         raise TritonError(f"{variant.io_source} has no outputs")
-    from cnndeploy.export.tensorrt import MAX_BATCH as ENGINE_MAX_BATCH  # export --trt's profile ends there
-
     max_batch = options.max_batch_size if batched else 0  # 0: Triton sends requests as they are
-    if variant.kind == "plan" and max_batch > ENGINE_MAX_BATCH:
+    if variant.kind == "plan" and max_batch > layout.ENGINE_MAX_BATCH:
         log.warning("%s: max_batch_size %d -> %d, the largest batch the engine's profile accepts",
-                    name, max_batch, ENGINE_MAX_BATCH)
-        max_batch = ENGINE_MAX_BATCH
+                    name, max_batch, layout.ENGINE_MAX_BATCH)
+        max_batch = layout.ENGINE_MAX_BATCH
     labels = class_labels(meta, variant.io_source, outputs[0].dims[-1] if outputs[0].dims else -1)
     text = config_text(name, variant, inputs, outputs, max_batch_size=max_batch, options=options,
                        source=f"{variant.file.parent.name}/{variant.file.name}")

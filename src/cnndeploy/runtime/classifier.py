@@ -6,7 +6,6 @@ needs — class names, input size, channels, mean and std — comes from the fil
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence, Union

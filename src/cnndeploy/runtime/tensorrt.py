@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
+from cnndeploy.artifacts.files import ENGINE_MAX_BATCH as MAX_BATCH
 from cnndeploy.artifacts.files import ENGINE_RE
 from cnndeploy.errors import CnnDeployError
-
-MAX_BATCH = 256  # the end of the optimisation profile export --trt builds
 
 
 class TensorRTError(CnnDeployError):
