@@ -3,7 +3,7 @@
     python benchmarks/bench_repeatability.py RUN_DIR... [--backends ort] [--batch-sizes 1,64]
                                              [--min-seconds 2] [--threads 2] [--data-dir DIR]
 
-Target (issue 4): the two p50 latencies of every row within 10 % of each other on this machine.
+Target: the two p50 latencies of every row within 10 % of each other on this machine.
 Spread of a row = |p50_a - p50_b| / min(p50_a, p50_b). Writes results/bench-repeatability.json.
 """
 

@@ -4,8 +4,8 @@
 
 train -> export -> quant (cpu, tensorrt) -> prune 50% + fine-tune (20% of the epochs) ->
 export -> quant (cpu). Every accuracy is measured on the whole CIFAR-10 test set (JPEG copy)
-from the exact file. On 2 CPU cores ResNet-18 is too slow to train, so the issue allows
-ResNet-20 for the accuracy figures (speed figures: benchmarks/compression_cpu.py).
+from the exact file. On 2 CPU cores ResNet-18 is slow to train, so ResNet-20 stands in
+for quick accuracy figures (speed figures: benchmarks/compression_cpu.py).
 Writes results/compression-accuracy-<model>.json.
 """
 

@@ -1,4 +1,4 @@
-"""CPU training benchmarks of the foundation issue, written to results/ and BENCHMARKS.md by hand.
+"""CPU training benchmarks, written to results/ and BENCHMARKS.md by hand.
 
     python benchmarks/cpu_train.py lenet      # default `cnndeploy train` of LeNet-5 on MNIST, wall time
     python benchmarks/cpu_train.py resnet20   # ResNet-20 on CIFAR-10 (JPEG) within a CPU-minute budget

@@ -29,7 +29,7 @@ from cnndeploy.train.fit import TrainConfig, train  # noqa: E402
 
 PAPER = {("resnet18", "mnist"): 0.99665, ("lenet5", "mnist"): 0.99110, ("alexnet", "mnist"): 0.99440,
          ("resnet18", "cifar10"): 0.86600, ("lenet5", "cifar10"): 0.63470, ("alexnet", "cifar10"): 0.84140}
-# The targets: each paper cell beaten; CIFAR-10 targets are set higher than the paper.
+# Targets: each paper cell beaten; CIFAR-10 targets are set higher than the paper.
 TARGET = {("resnet18", "mnist"): 0.9967, ("lenet5", "mnist"): 0.9911, ("alexnet", "mnist"): 0.9944,
           ("resnet18", "cifar10"): 0.93, ("lenet5", "cifar10"): 0.65, ("alexnet", "cifar10"): 0.85}
 # Cheapest runs first, so a call cut short keeps the most. Recipes are the registry's

@@ -11,8 +11,10 @@ from cnndeploy.errors import CnnDeployError
 
 
 def _config(out, data, **kw):
-    return pipeline_config(dataset="mnist", models=["lenet5"], out=str(out), epochs=1, batch_sizes=[1, 8],
-                          min_seconds=0.05, threads=1, device="cpu", data_dir=str(data), **kw)
+    # the options of the `done` fixture's command line, so a call with no changes changes nothing
+    options = {"epochs": 1, "batch_sizes": [1, 8], "min_seconds": 0.05, "threads": 1, "device": "cpu",
+               "distill": True, **kw}
+    return pipeline_config(dataset="mnist", models=["lenet5"], out=str(out), data_dir=str(data), **options)
 
 
 def _statuses(out):
@@ -30,7 +32,7 @@ def done(mini_mnist, tmp_path_factory):
 
 def test_pipeline_runs_every_stage_and_writes_the_report(done):
     run, pruned = done / "lenet5-mnist", done / "lenet5-mnist-pruned50"
-    for path in (run / "model.onnx", run / "model.int8-cpu.onnx", run / "model.int8-trt.onnx",
+    for path in (run / "model.onnx", run / "model.fp16.onnx", run / "model.int8-cpu.onnx", run / "model.int8-trt.onnx",
                  pruned / "prune.json", pruned / "model.int8-cpu.onnx", done / "bench" / "bench.json"):
         assert path.is_file(), path
     statuses = _statuses(done)
@@ -42,6 +44,7 @@ def test_pipeline_runs_every_stage_and_writes_the_report(done):
     assert "| lenet5 (LeNet) | mnist | 99.110% |" in report          # the paper's cell beside ours
     assert "not comparable with the paper" in report                 # 2,000-image test subset, said so
     assert "| pruned 50% INT8 (cpu) | ort |" in report and "| FP32 | torch |" in report
+    assert "| FP16 | ort |" in report and "| pruned 50% FP16 | ort |" in report
     assert "## 3. Environment" in report and "bench/accuracy_vs_latency.png" in report
     rows = json.loads((done / "bench" / "bench.json").read_text())["rows"]
     ok = [r for r in rows if r["status"] == "ok"]
@@ -117,3 +120,58 @@ def test_an_unknown_precision_is_refused_before_any_stage(mini_mnist, tmp_path):
     with pytest.raises(CnnDeployError, match="precision 'fp16': expected one of auto, fp32, bf16"):
         run_pipeline(_config(tmp_path / "p", mini_mnist, precision="fp16"))
     assert not (tmp_path / "p").exists()
+
+
+def _bench(out):
+    return json.loads((out / "bench" / "bench.json").read_text())
+
+
+def test_changed_options_rerun_the_stages_they_feed_and_the_report_shows_the_new_rows(done, mini_mnist, tmp_path):
+    out = tmp_path / "p"
+    shutil.copytree(done, out)
+    # The same options as the fixture's call: nothing runs.
+    run_pipeline(_config(out, mini_mnist), progress=False)
+    assert all(s == "complete already" or s.startswith("skipped: ") for s in _statuses(out).values())
+
+    run_pipeline(_config(out, mini_mnist, batch_sizes=[1, 4]), progress=False)
+    statuses = _statuses(out)
+    assert statuses["bench"] == "ran" and statuses["lenet5: prune 50% + fine-tune"] == "complete already"
+    assert {r["batch_size"] for r in _bench(out)["rows"] if r["status"] == "ok"} == {1, 4}
+    assert "images/s @ batch 4" in (out / "report.md").read_text()
+    assert json.loads((out / "pipeline.json").read_text())["config"]["bench"]["batch_sizes"] == [1, 4]
+
+    run_pipeline(_config(out, mini_mnist, batch_sizes=[1, 4], backends=["ort"]), progress=False)
+    assert _statuses(out)["bench"] == "ran"
+    assert {r["backend"] for r in _bench(out)["rows"]} == {"ort"}
+    assert "| FP32 | torch |" not in (out / "report.md").read_text()
+
+    pruned = out / "lenet5-mnist-pruned50"
+    before = (pruned / "model.safetensors").read_bytes()
+    run_pipeline(_config(out, mini_mnist, distill=False, finetune_epochs=2, batch_sizes=[1, 4], backends=["ort"]),
+                 progress=False)
+    statuses = _statuses(out)
+    assert statuses["lenet5: train"] == "complete already"
+    assert statuses["lenet5: prune 50% + fine-tune"] == "ran"
+    assert statuses["lenet5 pruned: export ONNX"] == "ran" and statuses["lenet5 pruned: INT8 (cpu)"] == "ran"
+    assert statuses["bench"] == "ran"
+    record = json.loads((pruned / "prune.json").read_text())
+    assert record["finetune_teacher"] is None and record["finetune_epochs"] == 2
+    assert record["config"]["distill"] is False and (pruned / "model.safetensors").read_bytes() != before
+
+    weights = (out / "lenet5-mnist" / "model.safetensors").read_bytes()
+    with pytest.raises(CnnDeployError, match=r"trained with other options \(precision 'auto', asked 'bf16'\)"):
+        run_pipeline(_config(out, mini_mnist, precision="bf16"), progress=False)
+    assert (out / "lenet5-mnist" / "model.safetensors").read_bytes() == weights
+
+
+def test_a_quant_made_with_other_options_is_made_again(done, mini_mnist, tmp_path):
+    from cnndeploy.quant import QuantConfig, quantize_run
+
+    out = tmp_path / "p"
+    shutil.copytree(done, out)
+    run = out / "lenet5-mnist"
+    quantize_run(run, QuantConfig(target="cpu", calib_size=16), data_dir=str(mini_mnist))  # by hand, other options
+    run_pipeline(_config(out, mini_mnist), progress=False)
+    statuses = _statuses(out)
+    assert statuses["lenet5: INT8 (cpu)"] == "ran" and statuses["lenet5: INT8 (tensorrt)"] == "complete already"
+    assert json.loads((run / "quant.json").read_text())["model.int8-cpu.onnx"]["calib_size"] == 512

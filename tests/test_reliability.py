@@ -1,6 +1,6 @@
-"""Issue 6: hostile and broken files, bad data and bad inputs, each refused with one clear message.
+"""Hostile and broken files, bad data and bad inputs, each refused with one clear message.
 
-RELIABILITY.md maps every case of the issue to the test that tries it; the cases already tried
+RELIABILITY.md maps every case to the test that tries it; the cases already tried
 elsewhere (test_data, test_train, test_export, test_tensorrt) are not repeated here.
 """
 

@@ -1,4 +1,4 @@
-"""Issue 6, training and artifact faults: SIGKILL, NaN gradients, a full disk. Nothing is lost.
+"""Training and artifact faults: SIGKILL, NaN gradients, a full disk. Nothing is lost.
 
 The SIGKILL tests run `python -m cnndeploy train` in a child process. The disk-full tests use
 a real, tiny tmpfs (the tests run as root); where mounting is not allowed they are skipped, and

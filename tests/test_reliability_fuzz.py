@@ -1,4 +1,4 @@
-"""Issue 6, property-based fuzzing: readers and preprocessing raise only our own errors.
+"""Property-based fuzzing: readers and preprocessing raise only our own errors.
 
 Bounded (a few hundred examples each, no deadline) so the file stays fast on 2 cores; the seed
 is hypothesis' own (derandomize in CI is not needed: any failure prints its reproducer).

@@ -180,7 +180,7 @@ def test_no_local_path_reaches_the_browser(server, runs, demo):
     # Only Gradio's own cache is served: not the run directories, not the working directory.
     for target in (runs.mnist / "model.onnx", REPO / "README.md"):
         assert httpx.get(f"{url}gradio_api/file={target}").status_code == 403
-    # Relative and encoded traversal out of the served set (issue 6, case 22).
+    # Relative and encoded traversal out of the served set (RELIABILITY.md, case 22).
     for target in ("../../../../etc/passwd", "..%2f..%2f..%2f..%2fetc%2fpasswd", "%2e%2e/%2e%2e/etc/passwd",
                    "..%252f..%252fetc%252fpasswd", f"/tmp/gradio/../../{REPO.name}/README.md"):
         response = httpx.get(f"{url}gradio_api/file={target}")
@@ -188,7 +188,7 @@ def test_no_local_path_reaches_the_browser(server, runs, demo):
 
 
 def test_a_burst_past_the_queue_gets_queue_full_and_the_server_stays_up(runs, monkeypatch):
-    """Issue 6, case 21: with 1 request at a time and 2 waiting, a burst of 10 is partly refused."""
+    """RELIABILITY.md, case 21: with 1 request at a time and 2 waiting, a burst of 10 is partly refused."""
     import threading
     import time
 

@@ -174,6 +174,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="with --trt: an int8 engine from model.int8-trt.onnx (cnndeploy quant --target tensorrt)")
     p.add_argument("--with-preprocess", action="store_true",
                    help="also write model.uint8.onnx taking uint8 NHWC pixels (normalisation inside)")
+    p.add_argument("--fp16-onnx", action="store_true",
+                   help="with --onnx: also write model.fp16.onnx (FP16 weights and arithmetic, float32 in "
+                        "and out; validated against PyTorch within 1e-3 + 1%% of the largest logit)")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (17 or newer)")
     p.add_argument("--out", help="ONNX path (default: RUN_DIR/model.onnx; one RUN_DIR only)")
     p.add_argument("--data-dir", help=f"where the test images used for validation are; {DATA_DIR_HELP}")
@@ -393,10 +396,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from cnndeploy.errors import CnnDeployError
 
+    if (args.fp16_onnx or args.with_preprocess) and not args.onnx:
+        raise CnnDeployError("--fp16-onnx/--with-preprocess write extra ONNX files next to model.onnx: add --onnx")
     if not (args.onnx or args.trt or args.triton_repo):
         raise CnnDeployError("nothing to export: pass --onnx, --trt and/or --triton-repo DIR")
     if (args.fp16 or args.int8) and not args.trt:
-        raise CnnDeployError("--fp16/--int8 choose the TensorRT engine's precision: add --trt")
+        raise CnnDeployError("--fp16/--int8 choose the TensorRT engine's precision: add --trt "
+                             "(an FP16 ONNX file is --onnx --fp16-onnx)")
     if args.out and len(args.run_dirs) > 1:
         raise CnnDeployError("--out names one ONNX file: give one RUN_DIR with it")
     if args.triton_repo:
@@ -419,9 +425,10 @@ def _export_one(args: argparse.Namespace, run_dir: str) -> None:
         from cnndeploy.export import export_onnx
 
         path, report = export_onnx(run_dir, out=args.out, opset=args.opset, data_dir=args.data_dir,
-                                   with_preprocess=args.with_preprocess)
-        print(f"{path}: max |logit diff| {report['max_abs_diff']:.2e} vs PyTorch, "
-              f"top-1 agreement {100 * report['top1_agreement']:.1f}% at batch sizes {report['batches']}")
+                                   with_preprocess=args.with_preprocess, fp16=args.fp16_onnx)
+        for name, r in (("", report), *((f" {k}", report[k]) for k in ("uint8", "fp16") if k in report)):
+            print(f"{path}{name}: max |logit diff| {r['max_abs_diff']:.2e} vs PyTorch ({r['tolerance']}), "
+                  f"top-1 agreement {100 * r['top1_agreement']:.1f}% at batch sizes {r['batches']}")
     if args.trt:
         from cnndeploy.export.tensorrt import build_engine
 

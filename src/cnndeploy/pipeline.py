@@ -207,8 +207,8 @@ def _artifact_stages(cfg: PipelineConfig, label: str, run: Path) -> list[Stage]:
     from cnndeploy.quant import quantize_run
 
     onnx = run / layout.ONNX
-    stages = [Stage(f"{label}: export ONNX", [onnx], [run / layout.WEIGHTS],
-                    lambda: export_onnx(run, data_dir=cfg.data_dir))]
+    stages = [Stage(f"{label}: export ONNX", [onnx, run / layout.spec("model.fp16.onnx").name],
+                    [run / layout.WEIGHTS], lambda: export_onnx(run, data_dir=cfg.data_dir, fp16=True))]
     for target, name in layout.QUANT_TARGETS.items():
         quant = dataclasses.replace(cfg.quant, target=target)
         stages.append(Stage(f"{label}: INT8 ({target})", [run / name], [onnx],

@@ -1,4 +1,4 @@
-"""Benchmarking: timing statistics and the environment record (the harness comes with issue 4)."""
+"""Benchmarking: the harness (every variant x backend x batch size), timing, peaks, report and plots."""
 
 from cnndeploy.bench.env import environment
 from cnndeploy.bench.timing import LatencyStats, measure

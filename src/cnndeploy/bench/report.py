@@ -17,7 +17,7 @@ from cnndeploy.artifacts.variants import family_root
 from cnndeploy.fileio import write_bytes_atomic
 from cnndeploy.runtime.runners import BACKENDS
 
-# Lu & Song, Table 1: highest test accuracy (%) per network family (../shared/GUIDE.md section 1).
+# Lu & Song, Table 1: highest test accuracy (%) per network family (the study this toolkit follows).
 PAPER = {"mnist": {"ResNet": 99.665, "LeNet": 99.110, "AlexNet": 99.440},
          "cifar10": {"ResNet": 86.600, "LeNet": 63.470, "AlexNet": 84.140}}
 FULL_TEST_SET = {"mnist": 10_000, "cifar10": 10_000}

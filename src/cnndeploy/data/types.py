@@ -37,7 +37,7 @@ class ImageDataset:
         return len(self.classes)
 
     def metadata(self) -> dict:
-        """The dataset half of model.json (GUIDE section 3)."""
+        """The dataset half of model.json (artifacts.card.ModelCard holds the whole)."""
         return {"dataset": self.name, "dataset_source": self.source, "classes": list(self.classes),
                 "channels": self.channels, "height": self.height, "width": self.width,
                 "mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std]}

@@ -1,4 +1,4 @@
-"""Export a run directory to ONNX (validated against PyTorch); TensorRT comes with its issue."""
+"""Export a run directory: ONNX (validated against PyTorch), TensorRT engines, a Triton repository."""
 
 from cnndeploy.export.onnx_export import export_onnx
 

@@ -7,6 +7,7 @@ no file at the final path) if logits differ by more than the stated tolerance.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -28,11 +29,30 @@ log = logging.getLogger("cnndeploy")
 OPSET = 20
 ATOL = 1e-4          # max |logit difference| allowed, absolute ...
 RTOL = 1e-4          # ... plus this fraction of the largest |logit|
+# FP16 weights and activations carry 11 significant bits (about 3 decimal digits): the FP16 file
+# is held to 1% of the largest |logit| (plus 1e-3) against the FP32 PyTorch model.
+FP16_ATOL, FP16_RTOL = 1e-3, 1e-2
+FP16 = "model.fp16.onnx"
 VALIDATION_BATCHES = (1, 7)
 
 
 class ExportError(CnnDeployError):
     """An export could not be produced or did not match the PyTorch model."""
+
+
+class Fp16Compute(torch.nn.Module):
+    """float32 NCHW in, float32 logits out, FP16 weights and arithmetic in between.
+
+    The float32 interface keeps the file's contract (and every runner) the same as model.onnx's;
+    only its arithmetic changes, which is what an FP16-capable GPU or NPU runs faster.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
 
 
 class WithPreprocess(torch.nn.Module):
@@ -72,11 +92,13 @@ def validation_images(card: ModelCard, data_dir: str | None, n: int = max(VALIDA
     return normalise(validation_pixels(card, data_dir, n).transpose(0, 3, 1, 2), card.mean, card.std)
 
 
-def validate(path: Path, model: torch.nn.Module, images: np.ndarray) -> dict:
-    """Logits of the ONNX file vs the PyTorch model on the same real images, per batch size."""
-    import onnxruntime as ort
+def validate(path: Path, model: torch.nn.Module, images: np.ndarray, *, atol: float | None = None,
+             rtol: float | None = None) -> dict:
+    """Logits of the ONNX file vs the (FP32) PyTorch model on the same real images, per batch size."""
+    from cnndeploy.runtime.runners import ort_session
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    atol, rtol = ATOL if atol is None else atol, RTOL if rtol is None else rtol
+    session = ort_session(path)
     worst, agree, total = 0.0, 0, 0
     with torch.no_grad():
         for bs in VALIDATION_BATCHES:
@@ -84,18 +106,21 @@ def validate(path: Path, model: torch.nn.Module, images: np.ndarray) -> dict:
             ref = model(torch.from_numpy(x)).numpy()
             got = session.run(["logits"], {"input": x})[0]
             diff = float(np.abs(ref - got).max())
-            limit = ATOL + RTOL * float(np.abs(ref).max())
+            limit = atol + rtol * float(np.abs(ref).max())
             if got.shape != ref.shape or diff > limit:
-                raise ExportError(f"ONNX output differs from PyTorch at batch {bs}: max |diff| {diff:.3g} "
-                                  f"> tolerance {limit:.3g} (atol {ATOL} + rtol {RTOL} x max|logit|)")
+                raise ExportError(f"{path.name.split('.')[0]}: ONNX output differs from PyTorch at batch {bs}: "
+                                  f"max |diff| {diff:.3g} > tolerance {limit:.3g} (atol {atol} + rtol {rtol} "
+                                  "x max|logit|)")
             worst = max(worst, diff)
             agree += int((ref.argmax(1) == got.argmax(1)).sum())
             total += bs
-    return {"max_abs_diff": worst, "top1_agreement": agree / total, "batches": list(VALIDATION_BATCHES)}
+    return {"max_abs_diff": worst, "top1_agreement": agree / total, "batches": list(VALIDATION_BATCHES),
+            "tolerance": f"atol {atol} + rtol {rtol} x max|logit|"}
 
 
 def _write(final: Path, model: torch.nn.Module, inputs: np.ndarray, card: ModelCard, opset: int,
-           extra: dict[str, str]) -> dict:
+           extra: dict[str, str], *, reference: torch.nn.Module | None = None, atol: float | None = None,
+           rtol: float | None = None) -> dict:
     import onnx
 
     proto = _export_proto(model, torch.from_numpy(inputs[:2]), opset)
@@ -105,14 +130,17 @@ def _write(final: Path, model: torch.nn.Module, inputs: np.ndarray, card: ModelC
     with atomic_path(final) as tmp:
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
-        return validate(tmp, model, inputs)
+        return validate(tmp, reference or model, inputs, atol=atol, rtol=rtol)
 
 
 def export_onnx(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, opset: int = OPSET,
-                data_dir: str | None = None, with_preprocess: bool = False) -> tuple[Path, dict]:
+                data_dir: str | None = None, with_preprocess: bool = False,
+                fp16: bool = False) -> tuple[Path, dict]:
     """Write RUN_DIR/model.onnx (or `out`); return its path and the validation report.
 
     With `with_preprocess`, also model.uint8.onnx: uint8 NHWC pixels in, normalisation inside.
+    With `fp16`, also model.fp16.onnx: FP16 arithmetic behind the same float32 interface,
+    validated against the FP32 PyTorch model with FP16_ATOL/FP16_RTOL.
     """
     if opset < 17:
         raise ExportError(f"--opset {opset}: expected 17 or newer")
@@ -126,6 +154,10 @@ def export_onnx(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = N
         uint8 = spec("model.uint8.onnx")
         report["uint8"] = _write(final.with_name(final.stem + ".uint8.onnx"), wrapped, pixels, card, opset,
                                  {"input_format": uint8.input})
+    if fp16:
+        report["fp16"] = _write(final.with_name(final.stem + ".fp16.onnx"), Fp16Compute(model).eval(), images,
+                                card, opset, {"compute_precision": spec(FP16).precision}, reference=model,
+                                atol=FP16_ATOL, rtol=FP16_RTOL)
     log.debug("exported %s: max |logit diff| %.2e vs PyTorch, top-1 agreement %.0f%% (batches %s)",
              final, report["max_abs_diff"], 100 * report["top1_agreement"], report["batches"])
     return final, report

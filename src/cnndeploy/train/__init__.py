@@ -1,4 +1,4 @@
-"""Training loop, evaluation, checkpoints (and, with the compression issue, prune + fine-tune)."""
+"""Training loop, per-epoch evaluation, checkpoints, data-parallel runs, and prune + fine-tune."""
 
 from cnndeploy.train.loop import evaluate, train_one_epoch
 
