@@ -28,8 +28,9 @@ import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 from cnndeploy.bench import environment, measure  # noqa: E402
-from cnndeploy.bench.runners import make_runner  # noqa: E402
-from cnndeploy.bench.variants import Variant  # noqa: E402
+from cnndeploy.runtime.runners import make_runner  # noqa: E402
+from cnndeploy.artifacts import spec  # noqa: E402
+from cnndeploy.artifacts.variants import Variant  # noqa: E402
 
 
 def noop_model() -> onnx.ModelProto:
@@ -59,7 +60,7 @@ def main() -> None:
     call = lambda: sess.run(None, feed)  # noqa: E731
     tmp = Path(tempfile.mkdtemp(prefix="noop-"))
     onnx.save(model, str(tmp / "model.onnx"))
-    runner = make_runner("ort", Variant(tmp, "onnx", "fp32", tmp / "model.onnx"), threads=1)
+    runner = make_runner("ort", Variant(tmp, spec("model.onnx")), threads=1)
     x = feed["input"]
     bare_us, harness_us, harness_p50_us, runner_us = [], [], [], []
     for _ in range(args.rounds):

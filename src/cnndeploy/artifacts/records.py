@@ -16,6 +16,36 @@ from cnndeploy.artifacts.files import BENCH, METRICS, PRUNE, QUANT
 from cnndeploy.fileio import read_json, write_json_atomic
 
 
+class Record:
+    """A JSON record as a dataclass. Dict-style reads (`r["x"]`, `r.get("x")`) serve the scripts and
+    tests that index reports by key; the fields are the schema."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _names(type(self)):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in _names(type(self)) else default
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, data: Any):
+        """The record, or None when `data` is not what the writer writes (missing or ill-typed fields)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(**{k: v for k, v in data.items() if k in _names(cls)})
+        except TypeError:
+            return None
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
 def read_object(path: Path) -> dict[str, Any]:
     """A JSON object from an optional file, {} when it is absent (a clear error when it is corrupt)."""
     if not path.is_file():
@@ -24,17 +54,37 @@ def read_object(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def read_metrics(run: Path) -> dict[str, Any]:
+@dataclass
+class TrainMetrics(Record):
     """metrics.json: written last by training, so its presence marks a finished run."""
+    test_accuracy: float
+    test_loss: float
+    best_test_accuracy: float
+    best_epoch: int
+    epochs: int
+    train_images: int
+    test_images: int
+    seconds_in_epochs: float
+    wall_seconds: float
+    train_images_per_second: float
+    params: int
+    device: str
+    torch: str
+    dataset_source: str
+    world_size: int
+    config: dict[str, Any] = field(default_factory=dict)   # the TrainConfig it ran with (resolved)
+
+    def write(self, run: Path) -> None:
+        write_json_atomic(Path(run) / METRICS, self.to_json())
+
+
+def read_metrics(run: Path) -> dict[str, Any]:
+    """metrics.json as written, {} when absent (a foreign or older file keeps whatever keys it has)."""
     return read_object(Path(run) / METRICS)
 
 
-def write_metrics(run: Path, metrics: dict[str, Any]) -> None:
-    write_json_atomic(Path(run) / METRICS, metrics)
-
-
 @dataclass
-class PruneRecord:
+class PruneRecord(Record):
     """prune.json: how a pruned run was made from its parent, and what it cost and bought."""
     source_run: str
     amount: float
@@ -54,15 +104,10 @@ class PruneRecord:
 
     @classmethod
     def read(cls, run: Path) -> "PruneRecord | None":
-        data = read_object(Path(run) / PRUNE)
-        names = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in names}) if data else None
-        except TypeError:  # fields missing: not a prune.json that prune wrote
-            return None
+        return cls.from_json(read_object(Path(run) / PRUNE))
 
     def write(self, run: Path) -> None:
-        write_json_atomic(Path(run) / PRUNE, dataclasses.asdict(self))
+        write_json_atomic(Path(run) / PRUNE, self.to_json())
 
 
 def source_run(run: Path) -> Path | None:
@@ -72,7 +117,7 @@ def source_run(run: Path) -> Path | None:
 
 
 @dataclass
-class QuantRecord:
+class QuantRecord(Record):
     """One entry of quant.json (one per quantized file): calibration, accuracy and size."""
     file: str
     target: str
@@ -91,9 +136,6 @@ class QuantRecord:
     test_set_sha256: str
     config: dict[str, Any] = field(default_factory=dict)   # the QuantConfig it ran with
 
-    def __getitem__(self, key: str) -> Any:   # the CLI and tests read reports by key
-        return getattr(self, key)
-
 
 def read_quant(run: Path) -> dict[str, dict[str, Any]]:
     """quant.json: {file name: entry}; entries that are not objects are dropped."""
@@ -108,15 +150,53 @@ def read_quant(run: Path) -> dict[str, dict[str, Any]]:
 def write_quant_entry(run: Path, record: QuantRecord) -> None:
     """Add or replace one entry; re-read first, since another quant of this run may have written."""
     entries = read_quant(run)
-    entries[record.file] = dataclasses.asdict(record)
+    entries[record.file] = record.to_json()
     write_json_atomic(Path(run) / QUANT, entries)
 
 
+@dataclass
+class BenchRow(Record):
+    """One row of bench.json: one variant file on one backend at one batch size."""
+    variant: str                         # run:precision, for people; `run` and `file` identify it
+    run: str
+    backend: str
+    status: str                          # ok | skipped: <why> | failed: <why>
+    file: str | None = None              # None: no file of this kind in the run (a skipped row)
+    precision: str | None = None
+    batch_size: int | None = None
+    size_bytes: int | None = None
+    params: int | None = None
+    macs: int | None = None
+    accuracy: float | None = None        # whole test set, through this very backend and file
+    latency_ms_mean: float | None = None
+    latency_ms_std: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_p99: float | None = None
+    throughput_ips: float | None = None
+    achieved_gops: float | None = None
+    peak_share: float | None = None
+    peak_mem_mb: float | None = None
+    peak_mem_kind: str | None = None
+    load_seconds: float | None = None
+    slower_than_parent: bool | None = None
+
+
+# bench.csv's columns, in the order people read them
+BENCH_COLUMNS = ("variant", "run", "file", "backend", "precision", "batch_size", "accuracy", "latency_ms_mean",
+                 "latency_ms_std", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips",
+                 "size_bytes", "params", "macs", "achieved_gops", "peak_share", "peak_mem_mb", "load_seconds",
+                 "slower_than_parent", "status")
+
+
 def read_bench(folder: Path) -> dict[str, Any]:
-    """bench.json: {"environment": ..., "config": ..., "runs": [...], "rows": [...]}."""
-    return read_object(Path(folder) / BENCH)
+    """bench.json: {"environment", "config", "runs", "rows": [BenchRow]}; rows not in the schema are dropped."""
+    data = read_object(Path(folder) / BENCH)
+    rows = data.get("rows") if isinstance(data.get("rows"), list) else []
+    return {**data, "rows": [r for r in map(BenchRow.from_json, rows) if r is not None]}
 
 
-def write_bench(folder: Path, rows: list[dict[str, Any]], env: dict[str, Any], config: dict[str, Any],
+def write_bench(folder: Path, rows: list[BenchRow], env: dict[str, Any], config: dict[str, Any],
                 runs: list[str]) -> None:
-    write_json_atomic(Path(folder) / BENCH, {"environment": env, "config": config, "runs": runs, "rows": rows})
+    write_json_atomic(Path(folder) / BENCH, {"environment": env, "config": config, "runs": runs,
+                                            "rows": [r.to_json() for r in rows]})

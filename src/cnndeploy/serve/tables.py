@@ -7,7 +7,6 @@ bench.json, written by train, quant, prune and bench.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from cnndeploy.artifacts import records
 from cnndeploy.artifacts.files import BENCH, BENCH_DIR, WEIGHTS
 from cnndeploy.artifacts.variants import Variant, discover
+from cnndeploy.errors import CnnDeployError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _prediction_row(name: str, a: dict[str, Any]) -> str:
     css, verdict = _verdict(a.get("agrees_with_fp32"))
     guesses = [_guess(lbl, p, i == 0) for i, (lbl, p) in enumerate(zip(a["labels"], a["probabilities"]))]
     guesses += [""] * (3 - len(guesses))
-    variant = name.split("@")[0]
+    variant = f"{a['run']}:{a['precision']}"
     cells = [html.escape(variant), html.escape(a["backend"]), *guesses[:3], f"{a['latency_ms']:.2f}", verdict]
     tds = "".join(f"<td>{c}</td>" for c in cells)
     return f"<tr class='cnd-row {css}' data-variant='{html.escape(name, quote=True)}'>{tds}</tr>"
@@ -139,17 +139,15 @@ def find_bench(run_dirs: list[Path]) -> list[Path]:
     return list(seen)
 
 
-def read_bench(path: Path, runs: set[str]) -> list[dict[str, Any]]:
+def read_bench(path: Path, runs: set[str]) -> list[records.BenchRow]:
     """The rows of one bench.json that concern the served runs; a malformed file is skipped."""
     try:
-        data = json.loads(path.read_text())
-        rows = data["rows"]
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise TypeError("rows is not a list of objects")
-    except (OSError, ValueError, KeyError, TypeError):
-        log.warning("%s is not a cnndeploy bench.json; the Benchmark tab skips it", path)
-        return []
-    return [r for r in rows if r.get("run") in runs]
+        rows = records.read_bench(path.parent)["rows"] if path.name == BENCH else []
+    except CnnDeployError:
+        rows = []
+    if not rows:
+        log.warning("%s holds no cnndeploy bench rows; the Benchmark tab skips it", path)
+    return [r for r in rows if r.run in runs]
 
 
 def _num(value: Any, scale: float = 1.0, digits: int = 3) -> float | None:

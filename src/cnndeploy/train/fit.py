@@ -198,7 +198,7 @@ def _check_finite_weights(model: nn.Module, epoch: int) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozenset(),
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True) -> records.TrainMetrics:
     """Train `cfg.model` on `cfg.dataset` into the run directory `cfg.out`; returns metrics.
 
     Under torchrun this process is one rank of a data-parallel run (train/distributed.py).
@@ -240,7 +240,7 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 
 
 def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
-           progress: bool) -> dict[str, Any]:
+           progress: bool) -> records.TrainMetrics:
     out = Path(cfg.out)
     saved, resuming = dist.from_main(lambda: _resolve(out, cfg, resume, explicit))
     cfg = TrainConfig(**saved)
@@ -315,8 +315,9 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
                  epoch, cfg.epochs, row["lr"], row["train_loss"], row["train_accuracy"],
                  row["test_loss"], row["test_accuracy"], seconds)
     wall = time.perf_counter() - t_start
-    return dist.from_main(lambda: _finish(out, cfg, model, ds, state, wall=wall, device=device,
-                                          world_size=dist.world_size))
+    finished = dist.from_main(lambda: _finish(out, cfg, model, ds, state, wall=wall, device=device,
+                                              world_size=dist.world_size).to_json())
+    return records.TrainMetrics(**finished)  # every rank returns what rank 0 wrote
 
 
 def _epoch_row(epoch: int, stats: dict[str, Any], test: dict[str, Any], *, seconds: float,
@@ -347,7 +348,7 @@ def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def _finish(out: Path, cfg: TrainConfig, model: nn.Module, ds: ImageDataset, state: dict,
-            *, wall: float, device: torch.device, world_size: int = 1) -> dict[str, Any]:
+            *, wall: float, device: torch.device, world_size: int = 1) -> records.TrainMetrics:
     from cnndeploy.train.curves import plot_curves
 
     history = state["history"]
@@ -356,15 +357,14 @@ def _finish(out: Path, cfg: TrainConfig, model: nn.Module, ds: ImageDataset, sta
     weights.save_weights(out / layout.WEIGHTS, model)
     write_json_atomic(out / layout.MODEL_JSON, card.to_json())
     plot_curves(history, out / layout.CURVES, f"{cfg.model} on {ds.name} ({ds.source})")
-    metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
-               "best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
-               "epochs": cfg.epochs, "train_images": len(ds.train_y), "test_images": len(ds.test_y),
-               "seconds_in_epochs": round(state["seconds_in_epochs"], 3), "wall_seconds": round(wall, 3),
-               "train_images_per_second": round(len(ds.train_y) * len(history)
-                                                / sum(h["train_seconds"] for h in history), 1),
-               "params": sum(p.numel() for p in model.parameters()),
-               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "dataset_source": ds.source, "world_size": world_size,
-               "config": dataclasses.asdict(cfg)}
-    records.write_metrics(out, metrics)  # written last: its presence marks a complete run
+    metrics = records.TrainMetrics(
+        test_accuracy=history[-1]["test_accuracy"], test_loss=history[-1]["test_loss"],
+        best_test_accuracy=best["test_accuracy"], best_epoch=best["epoch"], epochs=cfg.epochs,
+        train_images=len(ds.train_y), test_images=len(ds.test_y),
+        seconds_in_epochs=round(state["seconds_in_epochs"], 3), wall_seconds=round(wall, 3),
+        train_images_per_second=round(len(ds.train_y) * len(history) / sum(h["train_seconds"] for h in history), 1),
+        params=sum(p.numel() for p in model.parameters()),
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        torch=torch.__version__, dataset_source=ds.source, world_size=world_size, config=dataclasses.asdict(cfg))
+    metrics.write(out)  # written last: its presence marks a complete run
     return metrics
