@@ -75,8 +75,11 @@ def _torch_sgemm(threads: int, n: int = 1024) -> float:
 def _ort_conv(threads: int, n: int = 32, c: int = 256, hw: int = 14) -> float:
     """A ResNet-like 3x3 convolution through onnxruntime's NCHWc kernels, its best FP32 path on x86."""
     import numpy as np
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
+
+    from cnndeploy.runtime.onnxruntime_import import onnxruntime
+
+    ort = onnxruntime()
 
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((c, c, 3, 3), np.float32), "w")
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",

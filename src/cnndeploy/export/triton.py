@@ -248,9 +248,10 @@ def run_as_declared(config, onnx_path: Path, batch: int = 2) -> dict[str, np.nda
 
     A batched config gets `batch` items prepended to its dims, as Triton does.
     """
-    import onnxruntime as ort
     from tritonclient.grpc import model_config_pb2 as pb
     from tritonclient.utils import triton_to_np_dtype
+
+    from cnndeploy.runtime.runners import ort_session
 
     def np_type(data_type: int):
         return np.dtype(triton_to_np_dtype(pb.DataType.Name(data_type).removeprefix("TYPE_")))
@@ -267,7 +268,7 @@ def run_as_declared(config, onnx_path: Path, batch: int = 2) -> dict[str, np.nda
             feeds[t.name] = rng.integers(0, 256 if dtype == np.uint8 else 2, size=shape(t.dims)).astype(dtype)
         else:
             feeds[t.name] = rng.standard_normal(shape(t.dims)).astype(dtype)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path)
     try:
         got = session.run([t.name for t in config.output], feeds)
     except Exception as e:  # onnxruntime's own exception types for wrong names, types or shapes

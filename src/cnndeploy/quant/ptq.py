@@ -24,6 +24,7 @@ from cnndeploy.artifacts.files import ONNX, QUANT_TARGETS
 from cnndeploy.artifacts.records import QuantRecord, read_quant, write_quant_entry
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import atomic_path, sha256_file
+from cnndeploy.runtime.onnxruntime_import import onnxruntime
 
 log = logging.getLogger("cnndeploy")
 
@@ -91,6 +92,7 @@ def quantize_run(run_dir: str | os.PathLike, cfg: QuantConfig = QuantConfig(), *
     from cnndeploy.runtime import evaluate
 
     cfg.check()
+    onnxruntime()  # onnxruntime.quantization comes with either flavour: one clear error without both
     run = Path(run_dir)
     card = ModelCard.read(run)
     ds = dataset_for(card, data_dir=data_dir)  # once: calibration, and both evaluations
