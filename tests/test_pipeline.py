@@ -43,6 +43,13 @@ def test_pipeline_runs_every_stage_and_writes_the_report(done):
     report = (done / "report.md").read_text()
     assert "| lenet5 (LeNet) | mnist | 99.110% |" in report          # the paper's cell beside ours
     assert "not comparable with the paper" in report                 # 2,000-image test subset, said so
+    assert "not comparable (subset)" in report and "not beaten" not in report
+    assert "JPEG" not in report                                      # no CIFAR-10 run in this report
+    # speed over the FP32 parent on the same backend, eager PyTorch kept as the second figure
+    assert "× parent @ 1 | × parent @ 8 | × FP32 eager @ 1 | × FP32 eager @ 8 |" in report
+    assert "3 interleaved rounds" in report and "thresholds used" in report
+    bench_md = (done / "bench" / "bench.md").read_text()
+    assert "None" not in bench_md and ":-" not in bench_md and "| skipped" not in bench_md
     assert "| pruned 50% INT8 (cpu) | ort |" in report and "| FP32 | torch |" in report
     assert "| FP16 | ort |" in report and "| pruned 50% FP16 | ort |" in report
     assert "## 3. Environment" in report and "bench/accuracy_vs_latency.png" in report

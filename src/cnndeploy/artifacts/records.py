@@ -179,14 +179,19 @@ class BenchRow(Record):
     peak_mem_mb: float | None = None
     peak_mem_kind: str | None = None
     load_seconds: float | None = None
-    slower_than_parent: bool | None = None
+    slower_than_parent: bool | None = None   # slower than `parent` by more than `flag_tolerance`
+    spread: float | None = None          # (max - min) / max of the throughput of the interleaved rounds
+    parent: str | None = None            # the FP32 variant this one is compared with, same batch size ...
+    parent_backend: str | None = None    # ... on this backend (torch when the parent has no such file)
+    speed_vs_parent: float | None = None  # throughput / the parent's
+    flag_tolerance: float | None = None  # the noise allowed for: the larger spread of the two, or the floor
 
 
 # bench.csv's columns, in the order people read them
 BENCH_COLUMNS = ("variant", "run", "file", "backend", "precision", "batch_size", "accuracy", "latency_ms_mean",
                  "latency_ms_std", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips",
-                 "size_bytes", "params", "macs", "achieved_gops", "peak_share", "peak_mem_mb", "load_seconds",
-                 "slower_than_parent", "status")
+                 "spread", "size_bytes", "params", "macs", "achieved_gops", "peak_share", "peak_mem_mb", "load_seconds",
+                 "parent", "parent_backend", "speed_vs_parent", "flag_tolerance", "slower_than_parent", "status")
 
 
 def read_bench(folder: Path) -> dict[str, Any]:

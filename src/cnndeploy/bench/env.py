@@ -72,8 +72,9 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     """What a benchmark ran on, so numbers from different machines are never mixed up."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = _gpu()
+    used = threads or affinity or 1
     return {**_cpuinfo(), "cores": os.cpu_count(), "cores_usable": affinity, "threads": threads,
             "gpu": gpu, "python": platform.python_version(), "platform": platform.platform(),
             "versions": _versions(), "git_commit": _git_commit(),
-            "peak": {"cpu": cpu_peak(threads or affinity or 1, measured_gflops=measured_ceiling(threads or affinity or 1)),
+            "peak": {"cpu": cpu_peak(used, measured_gflops=measured_ceiling(used), logical_cpus=affinity),
                      "gpu": gpu_peak(gpu["name"]) if gpu else None}}

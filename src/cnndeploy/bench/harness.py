@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -15,18 +15,18 @@ from tqdm.auto import tqdm
 from cnndeploy.artifacts.card import ModelCard
 from cnndeploy.artifacts.files import made_by
 from cnndeploy.artifacts.records import BENCH_COLUMNS, BenchRow, source_run, write_bench
-from cnndeploy.artifacts.variants import Variant, discover
+from cnndeploy.artifacts.variants import Variant, discover, family_root
 from cnndeploy.bench.env import environment
-from cnndeploy.bench.memory import track
+from cnndeploy.bench.memory import PeakMemory, track
 from cnndeploy.bench.peak import peak_for, utilisation
 from cnndeploy.bench.report import bench_markdown
-from cnndeploy.bench.timing import measure
+from cnndeploy.bench.timing import sample_ns, spread, stats_from_ns
 from cnndeploy.data import dataset_for
 from cnndeploy.data.types import normalise
+from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import write_bytes_atomic
 from cnndeploy.runtime.accuracy import measure_accuracy
 from cnndeploy.runtime.runners import KIND, check_backends, make_runner, on_gpu, skip_reason
-
 
 
 @dataclass(frozen=True)
@@ -35,57 +35,130 @@ class BenchConfig:
     backends: list[str] = field(default_factory=lambda: ["torch", "ort"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32, 256])
     threads: int | None = None      # intra-op threads of every backend (None: the backend's default)
-    min_seconds: float = 1.0        # timing budget per row
+    min_seconds: float = 1.0        # timing budget per row, shared out over the rounds
+    rounds: int = 3                 # interleaved timing rounds: their spread is the noise the flag allows for
+    noise_floor: float = 0.02       # a gap below this is never flagged, however small the measured spread
 
 
-def _rows_for(variant: Variant, backend: str, ds, card: ModelCard, cfg: BenchConfig, *,
-              cost: dict, peaks: dict) -> list[BenchRow]:
-    batch_sizes, threads = cfg.batch_sizes, cfg.threads
+WARMUP = 3       # calls per batch size before any timing (lazy init, graph re-planning, allocations)
+MIN_CALLS = 5    # timed calls per row at least, over all rounds
+
+
+@dataclass
+class _Loaded:
+    """One variant on one backend, loaded and warmed up, collecting timing rounds."""
+    variant: Variant
+    backend: str
+    base: dict[str, Any]
+    run: Callable[[np.ndarray], Any]
+    accuracy: float
+    load_seconds: float
+    memory: PeakMemory
+    inputs: dict[int, np.ndarray]
+    rounds: dict[int, list[list[int]]] = field(default_factory=dict)
+
+
+def _load(variant: Variant, backend: str, ds, card: ModelCard, cfg: BenchConfig, *,
+          cost: dict) -> _Loaded | list[BenchRow]:
+    """The variant ready to time, or its rows when it is skipped or fails to load."""
     base = {"variant": variant.name, "run": variant.run.name, "file": variant.spec.name, "backend": backend,
             "precision": variant.precision, "size_bytes": variant.size_bytes, **cost}
     reason = skip_reason(backend, variant)
     if reason:
-        return [BenchRow(**base, batch_size=b, status=f"skipped: {reason}") for b in batch_sizes]
-    gpu = on_gpu(backend)
-    with track(gpu) as memory:
+        return [BenchRow(**base, batch_size=b, status=f"skipped: {reason}") for b in cfg.batch_sizes]
+    with track(on_gpu(backend)) as memory:
         t0 = time.perf_counter()
         try:
-            run = make_runner(backend, variant, threads=threads)
+            run = make_runner(backend, variant, threads=cfg.threads)
             run(normalise(ds.test_x[:1], card.mean, card.std))  # first call: lazy init, graph optimisation
+            load = time.perf_counter() - t0
+            accuracy = measure_accuracy(run, card, ds)["test_accuracy"]
+            inputs = {b: normalise(np.resize(ds.test_x[:b], (b, *ds.test_x.shape[1:])), card.mean, card.std)
+                      for b in cfg.batch_sizes}
+            for x in inputs.values():
+                for _ in range(WARMUP):
+                    run(x)
         except Exception as e:  # a backend failing on one file must not stop the whole matrix
             return [BenchRow(**base, batch_size=b, status=f"failed: {str(e).splitlines()[0][:200]}")
-                    for b in batch_sizes]
-        load = time.perf_counter() - t0
-        accuracy = measure_accuracy(run, card, ds)["test_accuracy"]
-        timed = []
-        for b in batch_sizes:
-            x = normalise(np.resize(ds.test_x[:b], (b, *ds.test_x.shape[1:])), card.mean, card.std)
-            timed.append((b, measure(lambda: run(x), warmup=3, min_calls=5, min_seconds=cfg.min_seconds)))
-    peak = peak_for(peaks["gpu" if gpu else "cpu"] or {}, variant.precision)
+                    for b in cfg.batch_sizes]
+    return _Loaded(variant, backend, base, run, accuracy, round(load, 3), memory, inputs,
+                   {b: [] for b in cfg.batch_sizes})
+
+
+def _time_round(job: _Loaded, cfg: BenchConfig) -> None:
+    """One round of every batch size of `job`: a share of the budget, after one call to re-warm caches."""
+    calls = max(2, -(-MIN_CALLS // cfg.rounds))
+    for b, x in job.inputs.items():
+        job.rounds[b].append(sample_ns(lambda x=x: job.run(x), warmup=1, min_calls=calls,
+                                       min_seconds=cfg.min_seconds / cfg.rounds))
+
+
+def _rows_of(job: _Loaded, peaks: dict) -> list[BenchRow]:
+    gpu = on_gpu(job.backend)
+    peak = peak_for(peaks["gpu" if gpu else "cpu"] or {}, job.variant.precision)
+    memory = job.memory
     rows = []
-    for b, stats in timed:
-        gops, share = utilisation(cost.get("macs"), stats.throughput(b), peak)
-        rows.append(BenchRow(**base, batch_size=b, accuracy=accuracy, latency_ms_mean=stats.mean_ms,
+    for b, rounds in job.rounds.items():
+        stats = stats_from_ns([t for r in rounds for t in r])
+        per_round = [stats_from_ns(r).throughput(b) for r in rounds]
+        noise = spread(per_round)
+        gops, share = utilisation(job.base.get("macs"), stats.throughput(b), peak)
+        rows.append(BenchRow(**job.base, batch_size=b, accuracy=job.accuracy, latency_ms_mean=stats.mean_ms,
                              latency_ms_std=stats.std_ms, latency_ms_p50=stats.p50_ms, latency_ms_p90=stats.p90_ms,
                              latency_ms_p99=stats.p99_ms, throughput_ips=stats.throughput(b), achieved_gops=gops,
                              peak_share=share, peak_mem_mb=None if memory.mb is None else round(memory.mb, 1),
-                             peak_mem_kind=memory.kind, load_seconds=round(load, 3), status="ok"))
+                             peak_mem_kind=memory.kind, load_seconds=job.load_seconds, status="ok",
+                             spread=None if noise is None else round(noise, 4)))
     return rows
 
 
-def _flag_slow_compression(rows: list[BenchRow], parents: dict[str, str]) -> None:
-    """Mark compressed variants slower than their FP32 parent on the same backend and batch size."""
-    speed = {(r.variant, r.backend, r.batch_size): r.throughput_ips for r in rows}
+def _bench_family(jobs: list[tuple[Variant, str]], data: dict, cfg: BenchConfig, peaks: dict,
+                  bar) -> list[BenchRow]:
+    """Load every job of one family, then time them in interleaved rounds, so drift of the machine
+    hits a variant and its parent alike and the rounds' spread measures what is left."""
+    rows: list[BenchRow] = []
+    loaded: list[_Loaded] = []
+    for variant, backend in jobs:
+        card, ds, cost = data[variant.run.name]
+        job = _load(variant, backend, ds, card, cfg, cost=cost)
+        if isinstance(job, list):
+            rows += job
+        else:
+            loaded.append(job)
+        bar.update(1)
+    bar.update(len(jobs) - len(loaded))      # skipped and failed jobs have no rounds to wait for
+    for _ in range(cfg.rounds):
+        for job in loaded:
+            _time_round(job, cfg)
+            bar.update(1)
+    for job in loaded:
+        rows += _rows_of(job, peaks)
+    return rows
+
+
+def _flag_slow_compression(rows: list[BenchRow], parents: dict[str, str], noise_floor: float) -> None:
+    """Compare compressed variants with their FP32 parent on the same backend and batch size.
+
+    Flagged only when slower by more than the noise: the larger round-to-round spread of the
+    two rows, and at least `noise_floor` (a few rounds can understate the spread by chance).
+    """
+    by_key = {(r.variant, r.backend, r.batch_size): r for r in rows if r.throughput_ips}
     fp32_of = {r.run: r.variant for r in rows if r.precision == "fp32"}
     for r in rows:
         parent = fp32_of.get(parents.get(r.run, r.run)) if r.precision == "fp32" else fp32_of.get(r.run)
-        if parent == r.variant or parent is None or r.throughput_ips is None:
-            r.slower_than_parent = None
+        r.slower_than_parent = r.parent = r.parent_backend = r.speed_vs_parent = r.flag_tolerance = None
+        if parent == r.variant or parent is None or not r.throughput_ips:
             continue
-        ref = speed.get((parent, r.backend, r.batch_size))
+        ref = by_key.get((parent, r.backend, r.batch_size))
         if ref is None and KIND.get(r.backend) != "weights":
-            ref = speed.get((parent, "torch", r.batch_size))  # weights' best counterpart
-        r.slower_than_parent = None if ref is None else r.throughput_ips < ref
+            ref = by_key.get((parent, "torch", r.batch_size))  # weights' best counterpart
+        if ref is None:
+            continue
+        ratio = r.throughput_ips / ref.throughput_ips
+        tolerance = max([noise_floor] + [s for s in (r.spread, ref.spread) if s is not None])
+        r.parent, r.parent_backend = ref.variant, ref.backend
+        r.speed_vs_parent, r.flag_tolerance = round(ratio, 4), round(tolerance, 4)
+        r.slower_than_parent = ratio < 1 - tolerance
 
 
 def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(), *,
@@ -94,7 +167,11 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
     from cnndeploy.models.cost import run_cost
 
     check_backends(cfg.backends)
-    jobs, missing, parents, data = [], [], {}, {}
+    if cfg.rounds < 1 or cfg.noise_floor < 0:
+        raise CnnDeployError(f"bench: rounds {cfg.rounds} must be >= 1 and noise floor {cfg.noise_floor} >= 0")
+    families: dict[str, list] = {}
+    missing, parents, data = [], {}, {}
+    known = {Path(rd).name: Path(rd) for rd in run_dirs}
     for rd in run_dirs:
         card = ModelCard.read(rd)
         data[Path(rd).name] = (card, dataset_for(card, data_dir=data_dir), run_cost(rd))
@@ -102,7 +179,8 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
         if parent:
             parents[Path(rd).name] = parent.name
         variants = discover(rd)
-        jobs += [(v, b) for v in variants for b in cfg.backends if KIND[b] == v.kind]
+        families.setdefault(family_root(Path(rd), known).name, []).extend(
+            (v, b) for v in variants for b in cfg.backends if KIND[b] == v.kind)
         missing += [(Path(rd).name, b) for b in cfg.backends if not any(KIND[b] == v.kind for v in variants)]
     rows = [BenchRow(variant=f"{run}:-", run=run, file=None, backend=b, precision=None, batch_size=None,
                      size_bytes=None, status=f"skipped: no {KIND[b]} file in {run} ({made_by(KIND[b])})")
@@ -111,13 +189,14 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
     import torch
 
     saved_threads = torch.get_num_threads()  # the torch runner sets --threads process-wide: put it back
+    steps = sum(len(jobs) for jobs in families.values()) * (1 + cfg.rounds)   # load, then each round
     try:
-        for variant, backend in tqdm(jobs, desc="bench", unit="variant", disable=None if progress else True):
-            card, ds, cost = data[variant.run.name]
-            rows += _rows_for(variant, backend, ds, card, cfg, cost=cost, peaks=env["peak"])
+        with tqdm(total=steps, desc="bench", unit="step", disable=None if progress else True) as bar:
+            for jobs in families.values():
+                rows += _bench_family(jobs, data, cfg, env["peak"], bar)
     finally:
         torch.set_num_threads(saved_threads)
-    _flag_slow_compression(rows, parents)
+    _flag_slow_compression(rows, parents, cfg.noise_floor)
     _write(Path(out), rows, env, cfg, [Path(rd).name for rd in run_dirs])
     return rows
 
@@ -129,7 +208,7 @@ def _write(out: Path, rows: list[BenchRow], env: dict, cfg: BenchConfig, runs: l
     for r in rows:
         lines.append(",".join(_csv_cell(r.get(c)) for c in BENCH_COLUMNS))
     write_bytes_atomic(out / "bench.csv", ("\n".join(lines) + "\n").encode())
-    write_bytes_atomic(out / "bench.md", bench_markdown(rows, env).encode())
+    write_bytes_atomic(out / "bench.md", bench_markdown(rows, env, dataclasses.asdict(cfg)).encode())
     from cnndeploy.bench.plots import plot_all
 
     plot_all(rows, out)

@@ -2,12 +2,14 @@
 
 nanoGPT's bench.py reports model FLOPs utilisation; we do the same per row: achieved
 2 x MACs x images/s against the peak of the device and precision the row ran on. Peaks are
-nominal (vector width x FMA pipes x clock x threads, or the GPU's datasheet), so a share is an
-upper-bound yardstick, not a hardware counter reading.
+nominal (cores x clock x vector lanes x FMA pipes x 2, or the GPU's datasheet) and fixed per
+machine, so shares compare across reports: a yardstick, not a hardware counter reading. Where
+the OS reports a clock below what the cores boost to (VMs), a share can pass 100 %.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,27 +29,56 @@ GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
 ]
 
 
-def _cpu_clock_ghz(cpuinfo: dict[str, str]) -> float | None:
-    """The highest nominal clock the OS exposes (cpufreq max, else /proc/cpuinfo's current MHz)."""
+CPUFREQ_MAX = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+
+
+def _cpu_clock_ghz(cpuinfo: dict[str, str], *, sysfs: bool = True) -> tuple[float, str] | None:
+    """A clock that does not move between runs on one machine, and where it came from.
+
+    Order: cpufreq's maximum (the boost clock, fixed per CPU), the rated clock in the model
+    name ("... @ 2.60GHz", Intel's base), /proc/cpuinfo's "cpu MHz" (in a VM the fixed TSC
+    clock the hypervisor reports). Rounded to 10 MHz so a last-digit wobble cannot move the peak.
+    """
+    if sysfs:
+        try:
+            return round(int(CPUFREQ_MAX.read_text()) / 1e6, 2), "cpufreq maximum"
+        except (OSError, ValueError):
+            pass
+    rated = re.search(r"@\s*([0-9.]+)\s*GHz", cpuinfo.get("model name", ""))
+    if rated:
+        return round(float(rated.group(1)), 2), "rated clock in the model name"
     try:
-        return int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6
-    except (OSError, ValueError):
-        pass
-    try:
-        return float(cpuinfo["cpu MHz"]) / 1e3
+        return round(float(cpuinfo["cpu MHz"]) / 1e3, 2), "/proc/cpuinfo 'cpu MHz'"
     except (KeyError, ValueError):
         return None
 
 
 def _fp32_flops_per_cycle(flags: set[str], vendor: str, family: int) -> tuple[int, str]:
-    """FP32 FLOPs per cycle per core: lanes x 2 (FMA) x FMA pipes."""
+    """FP32 FLOPs per cycle per core: FP32 lanes per FMA pipe x 2 (multiply + add) x FMA pipes.
+
+    Zen 4 (family 25) executes AVX-512 on its 256-bit datapaths: a 512-bit FMA occupies both
+    256-bit halves of the FP unit, so its two FMA pipes give 2 x 8 lanes x 2 = 32, the same as
+    AVX2 (AMD's software optimization guide for family 19h; A. J. Yee's Zen 4 and Zen 5 AVX-512
+    teardowns). Zen 5 (family 26) widened the datapaths to 512 bits: 2 x 16 x 2 = 64. Intel
+    parts with AVX-512 are taken to have two 512-bit FMA units (Xeon Gold/Platinum, Sapphire
+    Rapids); SKUs with one would be over-estimated by 2x, which the basis makes checkable.
+    """
     if "avx512f" in flags:
-        if vendor == "AuthenticAMD" and family < 26:  # Zen 4 runs AVX-512 on two 256-bit pipes
-            return 32, "AVX-512 on AMD Zen 4 (two 256-bit FMA pipes)"
-        return 64, "AVX-512 (two 512-bit FMA pipes)"
+        if vendor == "AuthenticAMD" and family < 26:
+            return 32, "AVX-512 on AMD Zen 4: 2 FMA pipes on 256-bit datapaths x 8 FP32 lanes x 2"
+        return 64, "AVX-512: 2 FMA pipes x 16 FP32 lanes x 2"
     if "avx2" in flags and "fma" in flags:
-        return 32, "AVX2 + FMA (two 256-bit FMA pipes)"
-    return 8, "SSE (no FMA)"
+        return 32, "AVX2 + FMA: 2 FMA pipes x 8 FP32 lanes x 2"
+    return 8, "SSE, no FMA: 4 FP32 lanes x (1 add + 1 multiply)"
+
+
+def physical_cores(cpuinfo: dict[str, str], logical: int) -> int:
+    """Cores behind `logical` CPUs: SMT siblings share one core's FMA pipes, so they add no peak."""
+    try:
+        smt = max(1, int(cpuinfo["siblings"]) // int(cpuinfo["cpu cores"]))
+    except (KeyError, ValueError, ZeroDivisionError):
+        smt = 1
+    return max(1, -(-logical // smt))
 
 
 def _best_rate(run: Callable[[], Any], flops: float, reps: int = 10) -> float:
@@ -94,11 +125,11 @@ def _ort_conv(threads: int, n: int = 32, c: int = 256, hw: int = 14) -> float:
 
 
 def measured_ceiling(threads: int) -> float | None:
-    """The best FP32 rate two tuned kernels reach here (torch SGEMM, onnxruntime 3x3 conv).
+    """The best FP32 rate two tuned kernels reach here now (torch SGEMM, onnxruntime 3x3 conv).
 
-    Virtual machines report the base clock in /proc/cpuinfo while the cores boost above it, so a
-    nominal peak alone can sit below what a real kernel achieves; this empirical ceiling (as in
-    the Empirical Roofline Toolkit) keeps every share at or under 100 %.
+    Reported beside the nominal peak, never in its place: it moves with boost clocks and with
+    whatever else runs on the machine, so shares against it would not compare across reports.
+    Above the nominal peak it shows the cores boosting past the clock the OS reports.
     """
     rates = []
     for kernel in (_torch_sgemm, _ort_conv):
@@ -109,31 +140,36 @@ def measured_ceiling(threads: int) -> float | None:
     return max(rates) if rates else None
 
 
-def cpu_peak(threads: int, cpuinfo_text: str | None = None, measured_gflops: float | None = None) -> dict[str, Any]:
-    """FP32 GFLOP/s and INT8 GOP/s of `threads` cores: vector units x clock, the clock raised to
-    what `measured_gflops` (measured_ceiling() on the same threads) implies when that is higher."""
+def cpu_peak(threads: int, cpuinfo_text: str | None = None, measured_gflops: float | None = None, *,
+             logical_cpus: int | None = None) -> dict[str, Any]:
+    """Nominal FP32 GFLOP/s and INT8 GOP/s of the cores `threads` run on: cores x clock x FLOPs/cycle.
+
+    Fixed per machine, so shares compare across reports. `measured_gflops` (measured_ceiling())
+    is recorded beside it, labelled, and never changes it. With `cpuinfo_text` the machine's
+    sysfs is not read (the text describes some other CPU).
+    """
     fields = cpuinfo_fields(cpuinfo_text)
+    ceiling = None if measured_gflops is None else round(measured_gflops, 1)
     if fields is None:
-        return {"fp32_gflops": None, "int8_gops": None, "basis": "no /proc/cpuinfo"}
+        return {"fp32_gflops": None, "int8_gops": None, "fp16_gflops": None, "measured_ceiling_gflops": ceiling,
+                "basis": "no /proc/cpuinfo"}
     flags = set(fields.get("flags", "").split())
-    ghz = _cpu_clock_ghz(fields)
-    if ghz is None:
-        return {"fp32_gflops": None, "int8_gops": None, "basis": "CPU clock unknown"}
+    clock = _cpu_clock_ghz(fields, sysfs=cpuinfo_text is None)
+    if clock is None:
+        return {"fp32_gflops": None, "int8_gops": None, "fp16_gflops": None, "measured_ceiling_gflops": ceiling,
+                "basis": "CPU clock unknown"}
+    ghz, source = clock
     per_cycle, unit = _fp32_flops_per_cycle(flags, fields.get("vendor_id", ""), int(fields.get("cpu family", 0)))
     vnni = "avx512_vnni" in flags or "avx_vnni" in flags
     # VNNI's VPDPBUSD does 4 int8 multiply-adds per 32-bit lane where FMA does one: 4x the ops.
     int8_factor = 4 if vnni else 2
-    clock = f"{ghz:.2f} GHz"
-    implied = measured_gflops / (threads * per_cycle) if measured_gflops else 0.0
-    if implied > ghz:
-        clock = (f"{implied:.2f} GHz (measured kernels reached {measured_gflops:.0f} GFLOP/s; /proc/cpuinfo "
-                 f"says {ghz:.2f})")
-        ghz = implied
-    fp32 = threads * ghz * per_cycle
-    return {"fp32_gflops": round(fp32, 1), "int8_gops": round(fp32 * int8_factor, 1), "fp16_gflops": None,
-            "measured_ceiling_gflops": None if measured_gflops is None else round(measured_gflops, 1),
-            "basis": f"{threads} threads x {clock} x {per_cycle} FP32 FLOP/cycle ({unit}); INT8 "
-                     f"{int8_factor}x that ({'VNNI' if vnni else 'no VNNI'})"}
+    cores = min(threads, physical_cores(fields, logical_cpus or threads))
+    fp32 = round(cores * ghz * per_cycle, 1)
+    smt = "" if cores == threads else f" ({threads} threads share their FMA pipes)"
+    return {"fp32_gflops": fp32, "int8_gops": round(fp32 * int8_factor, 1), "fp16_gflops": None,
+            "cores": cores, "clock_ghz": ghz, "flops_per_cycle": per_cycle, "measured_ceiling_gflops": ceiling,
+            "basis": f"nominal: {cores} core{'s' * (cores != 1)}{smt} x {ghz:.2f} GHz ({source}) x {per_cycle} "
+                     f"FP32 FLOP/cycle ({unit}); INT8 {int8_factor}x that ({'VNNI' if vnni else 'no VNNI'})"}
 
 
 def gpu_peak(name: str) -> dict[str, Any]:

@@ -33,25 +33,100 @@ def family(model: str) -> str:
     return "ResNet" if model.startswith("resnet") else {"lenet5": "LeNet", "alexnet": "AlexNet"}.get(model, model)
 
 
-def bench_markdown(rows: list[dict], env: dict) -> str:
-    head = ("| variant | backend | batch | accuracy | p50 ms | p99 ms | images/s | GOP/s (% of peak) | "
-            "peak MB | size bytes | MMACs | slower than parent | status |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    body = []
-    for r in rows:
+def bench_markdown(rows: list[dict], env: dict, config: dict | None = None) -> str:
+    """bench.md: the measured rows, then one line per backend that measured nothing, then failures."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    memory = any(r.get("peak_mem_mb") is not None for r in ok)  # measured on GPU only (bench/memory.py)
+    cols = ["variant", "backend", "batch", "accuracy", "p50 ms", "p99 ms", "images/s", "spread",
+            "GOP/s (% of peak)", *(["peak MB"] if memory else []), "size bytes", "MMACs", "× parent",
+            "slower than parent"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in ok:
         share = f" ({100 * r['peak_share']:.1f}%)" if r.get("peak_share") is not None else ""
-        body.append(f"| {r['variant']} | {r['backend']} | {r['batch_size']} | {_fmt(r.get('accuracy'), '.2%')} | "
-                    f"{_fmt(r.get('latency_ms_p50'), '.3f')} | {_fmt(r.get('latency_ms_p99'), '.3f')} | "
-                    f"{_fmt(r.get('throughput_ips'), '.1f')} | {_fmt(r.get('achieved_gops'), '.2f')}{share} | "
-                    f"{_fmt(r.get('peak_mem_mb'), '.0f')} | {_fmt(r.get('size_bytes'), '.0f')} | "
-                    f"{_fmt(r['macs'] / 1e6 if r.get('macs') else None, '.2f')} | "
-                    f"{_flag(r.get('slower_than_parent'))} | {r['status']} |")
+        cells = [r["variant"], r["backend"], str(r["batch_size"]), _fmt(r.get("accuracy"), ".2%"),
+                 _fmt(r.get("latency_ms_p50"), ".3f"), _fmt(r.get("latency_ms_p99"), ".3f"),
+                 _fmt(r.get("throughput_ips"), ".1f"), _fmt(r.get("spread"), ".1%"),
+                 _fmt(r.get("achieved_gops"), ".2f") + share,
+                 *([_fmt(r.get("peak_mem_mb"), ".0f")] if memory else []), _fmt(r.get("size_bytes"), ".0f"),
+                 _fmt(r["macs"] / 1e6 if r.get("macs") else None, ".2f"), _vs_parent(r), _flag(r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines) if ok else "No row was measured."
+    text = f"# Benchmark\n\n{environment_line(env)}\n\n"
+    noise = noise_line(rows, config)
+    text += (noise + "\n\n" if noise else "") + table + "\n"
+    text += _listed("Not measured", skipped_lines(rows)) + _listed("Failed", failed_lines(rows))
     plots = "\n".join(f"![{title}]({name})" for name, title in PLOTS)
-    return f"# Benchmark\n\n{environment_line(env)}\n\n{head}\n" + "\n".join(body) + f"\n\n{plots}\n"
+    return text + f"\n{plots}\n"
 
 
-def _flag(slower: bool | None) -> str:
-    return "**yes**" if slower else "no" if slower is False else "—"
+def _listed(title: str, items: list[str]) -> str:
+    return f"\n{title}:\n" + "".join(f"- {s}\n" for s in items) if items else ""
+
+
+def _vs_parent(r: dict, flag: bool = False) -> str:
+    """Throughput over the FP32 parent's, same batch size; names the parent's backend where it differs."""
+    ratio = r.get("speed_vs_parent")
+    if ratio is None:
+        return "—"
+    text = f"{ratio:.2f}×"
+    if r.get("parent_backend") and r["parent_backend"] != r["backend"]:
+        text += f" (vs {r['parent_backend']})"
+    if flag and r.get("slower_than_parent"):
+        text += " ⚠ slower"
+    elif flag and ratio < 1:
+        text += " (within noise)"
+    return text
+
+
+def _flag(r: dict) -> str:
+    slower = r.get("slower_than_parent")
+    if slower:
+        return "**yes**"
+    if slower is False and (r.get("speed_vs_parent") or 1) < 1 and r.get("flag_tolerance") is not None:
+        return f"no: within noise (±{100 * r['flag_tolerance']:.1f}%)"
+    return "no" if slower is False else "—"
+
+
+def noise_line(rows: list[dict], config: dict | None) -> str:
+    """How the timing was repeated and which gap counts as slower, with the thresholds used."""
+    if not config or not config.get("rounds"):
+        return ""
+    rounds, seconds, floor = config["rounds"], config.get("min_seconds"), config.get("noise_floor", 0)
+    used = sorted(r["flag_tolerance"] for r in rows if r.get("flag_tolerance") is not None)
+    text = (f"Timing: every row in {rounds} interleaved rounds (variants of one model take turns, "
+            f"{_fmt(seconds, 'g')} s per row in all); percentiles pool the rounds, \"spread\" is how far the "
+            f"slowest round's throughput fell below the fastest's. \"Slower than parent\" means lower throughput "
+            f"than the FP32 parent on the same backend and batch size by more than the larger spread of the two "
+            f"rows, and by at least {100 * floor:.0f}%")
+    if used:
+        text += (f": thresholds used {100 * used[0]:.1f}–{100 * used[-1]:.1f}% "
+                 f"(median {100 * used[len(used) // 2]:.1f}%)")
+    return text + "."
+
+
+def skipped_lines(rows: list[dict]) -> list[str]:
+    """One line per backend that measured nothing for some variants: why, and for which."""
+    reasons: dict[str, dict[tuple[str, str], list[str]]] = {}
+    for r in rows:
+        if not r["status"].startswith("skipped: "):
+            continue
+        reason, what, who = r["status"][len("skipped: "):], "variants", r["variant"]
+        if r.get("file") is None:  # no file of this kind in a run: the same reason for every such run
+            reason, what, who = reason.replace(f" in {r['run']}", ""), "runs", r["run"]
+        names = reasons.setdefault(r["backend"], {}).setdefault((reason, what), [])
+        if who not in names:
+            names.append(who)
+    lines = []
+    for backend, why in reasons.items():
+        parts = [f"{reason}: {', '.join(names)}" if len(names) <= 2 else f"{reason} ({len(names)} {what})"
+                 for (reason, what), names in why.items()]
+        lines.append(f"{backend}: " + "; ".join(parts))
+    return lines
+
+
+def failed_lines(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(f"{r['variant']} on {r['backend']}: {r['status'][len('failed: '):]}"
+                              for r in rows if r["status"].startswith("failed")))
 
 
 def environment_line(env: dict) -> str:
@@ -65,6 +140,12 @@ def environment_line(env: dict) -> str:
             + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
             + f". Peaks behind the utilisation shares: CPU {cpu.get('fp32_gflops')} GFLOP/s FP32, "
               f"{cpu.get('int8_gops')} GOP/s INT8 ({cpu.get('basis')})")
+    ceiling = cpu.get("measured_ceiling_gflops")
+    if ceiling and cpu.get("fp32_gflops"):
+        text += (f"; for comparison, not as the yardstick: the best of a torch SGEMM and an onnxruntime 3×3 "
+                 f"convolution reached {ceiling:.0f} GFLOP/s FP32 in this run "
+                 f"({100 * ceiling / cpu['fp32_gflops']:.0f}% of the nominal peak; it moves with clock boost "
+                 f"and load)")
     if peaks.get("gpu"):
         text += f"; GPU {peaks['gpu']['basis']}"
     return text + "."
@@ -72,26 +153,31 @@ def environment_line(env: dict) -> str:
 
 def _paper_table(runs: list[Path]) -> str:
     lines = ["| model | dataset | paper | ours | Δ points | test images | data source |", "|---|---|---|---|---|---|---|"]
-    notes = set()
+    notes, datasets = set(), set()
     for run in runs:
         if PruneRecord.read(run):
             continue
         card, metrics = ModelCard.read(run), read_metrics(run)
         dataset = card.dataset
+        datasets.add(dataset)
         paper = PAPER.get(dataset, {}).get(family(card.model))
         ours = metrics.get("test_accuracy")
         n = metrics.get("test_images")
         delta = None if paper is None or ours is None else 100 * ours - paper
-        verdict = "" if delta is None else " (beaten)" if delta > 0 else " (**not beaten**)"
-        if n and n != FULL_TEST_SET.get(dataset, n):
+        subset = bool(n and n != FULL_TEST_SET.get(dataset, n))
+        verdict = ("" if delta is None else ", not comparable (subset)" if subset
+                   else " (beaten)" if delta > 0 else " (**not beaten**)")
+        if subset:
             notes.add(f"{run.name} is measured on {n:,} test images, not the full {FULL_TEST_SET[dataset]:,}: "
                       "not comparable with the paper")
         lines.append(f"| {card.model} ({family(card.model)}) | {dataset} | {_fmt(paper, '.3f')}% | "
                      f"{_fmt(None if ours is None else 100 * ours, '.2f')}% | {_fmt(delta, '+.2f')}{verdict} | "
                      f"{_fmt(n, ',')} | {card.dataset_source} |")
-    foot = ("\n\nThe paper reports its highest test accuracy; ours is the final epoch's, on the whole test "
-            "split, so ours is the stricter number. `cifar10-jpeg` is the JPEG (quality 75) copy of CIFAR-10, "
-            "which costs some accuracy against the original images.")
+    foot = ("\n\nThe paper reports its highest test accuracy; ours is the final epoch's, so on the full test "
+            "split ours is the stricter number.")
+    if "cifar10" in datasets:
+        foot += (" `cifar10-jpeg` is the JPEG (quality 75) copy of CIFAR-10, which costs some accuracy against "
+                 "the original images.")
     return "\n".join(lines) + foot + "\n" + "".join(f"\n- {n}" for n in sorted(notes)) + "\n"
 
 
@@ -104,7 +190,8 @@ def _label(run: Path, row: dict) -> str:
 
 
 def _compression_table(root: Path, rows: list[dict], runs: dict[str, Path]) -> str:
-    """One model's variants, FP32 PyTorch first, with speed-ups over it at batch 1 and the largest batch."""
+    """One model's variants: speed over each one's FP32 parent on the same backend, and over FP32
+    PyTorch eager of the unpruned model, at batch 1 (latency) and the largest batch (throughput)."""
     mine = [r for r in rows if r["status"] == "ok" and r["run"] in runs]
     if not mine:
         return "No variant of this model was measured.\n"
@@ -113,8 +200,9 @@ def _compression_table(root: Path, rows: list[dict], runs: dict[str, Path]) -> s
     base_name = f"{root.name}:fp32"
     base = {b: at.get((base_name, "torch", b)) for b in (small, large)}
     lines = [f"| variant | backend | accuracy | Δ points | size MB | params | MMACs | p50 ms @ batch {small} | "
-             f"images/s @ batch {large} | speed-up @ {small} | speed-up @ {large} | % of peak @ {large} |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"images/s @ batch {large} | × parent @ {small} | × parent @ {large} | × FP32 eager @ {small} | "
+             f"× FP32 eager @ {large} | % of peak @ {large} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {b: i for i, b in enumerate(BACKENDS)}
     keys = sorted({(r["variant"], r["backend"]) for r in mine},
                   key=lambda k: (not k[0].startswith(root.name + ":"), k[0], order.get(k[1], 99)))
@@ -123,15 +211,16 @@ def _compression_table(root: Path, rows: list[dict], runs: dict[str, Path]) -> s
         one, many = at.get((variant, backend, small)), at.get((variant, backend, large))
         r = one or many
         run = runs[r["run"]]
-        speed1 = (base[small]["latency_ms_p50"] / one["latency_ms_p50"]) if one and base[small] else None
-        speedn = (many["throughput_ips"] / base[large]["throughput_ips"]) if many and base[large] else None
+        eager1 = (base[small]["latency_ms_p50"] / one["latency_ms_p50"]) if one and base[small] else None
+        eagern = (many["throughput_ips"] / base[large]["throughput_ips"]) if many and base[large] else None
         delta = None if ref_acc is None else 100 * (r["accuracy"] - ref_acc)
-        slow = " ⚠ slower than its parent" if (many or {}).get("slower_than_parent") else ""
         lines.append(f"| {_label(run, r)} | {backend} | {100 * r['accuracy']:.2f}% | {_fmt(delta, '+.2f')} | "
                      f"{r['size_bytes'] / 1e6:.3f} | {_fmt(r.get('params'), ',')} | "
                      f"{_fmt(r['macs'] / 1e6 if r.get('macs') else None, '.2f')} | "
                      f"{_fmt(one and one['latency_ms_p50'], '.3f')} | {_fmt(many and many['throughput_ips'], ',.0f')} | "
-                     f"{_fmt(speed1, '.2f')}× | {_fmt(speedn, '.2f')}×{slow} | "
+                     f"{_vs_parent(one, flag=True) if one else '—'} | "
+                     f"{_vs_parent(many, flag=True) if many else '—'} | "
+                     f"{_fmt(eager1, '.2f')}× | {_fmt(eagern, '.2f')}× | "
                      f"{_fmt(many and many.get('peak_share') and 100 * many['peak_share'], '.1f')} |")
     return "\n".join(lines) + "\n"
 
@@ -145,14 +234,8 @@ def _compression_section(runs: list[Path], rows: list[dict]) -> str:
     for root, members in families.items():
         model = ModelCard.read(by_name[root]).model
         parts.append(f"### {model} ({root})\n\n" + _compression_table(by_name[root], rows, members))
-    skipped = sorted({f"{r['backend']}: {r['status'][len('skipped: '):]}" for r in rows
-                      if r["status"].startswith("skipped") and "runs " not in r["status"]})
-    failed = sorted({f"{r['variant']} on {r['backend']}: {r['status']}" for r in rows if r["status"].startswith("failed")})
     text = "\n".join(parts)
-    if skipped:
-        text += "\nNot measured on this machine:\n" + "".join(f"- {s}\n" for s in skipped)
-    if failed:
-        text += "\nFailed:\n" + "".join(f"- {s}\n" for s in failed)
+    text += _listed("Not measured on this machine", skipped_lines(rows)) + _listed("Failed", failed_lines(rows))
     return text
 
 
@@ -161,6 +244,16 @@ def _stages(pipeline: dict) -> str:
     lines += [f"| {s['stage']} | {s['status']} | {s['seconds']:.1f} |" for s in pipeline.get("stages", [])]
     ran = sum(s["seconds"] for s in pipeline.get("stages", []))
     return "\n".join(lines) + f"\n\nSeconds spent in stages run by the last call: {ran:.1f}.\n"
+
+
+def _speedup_note(config: dict | None, rows: list[dict]) -> str:
+    text = ("Speed-ups at the same batch size (latency at the smallest batch, throughput at the largest). "
+            "\"× parent\" is over the variant's FP32 parent on the same backend: an FP16 or INT8 file over the "
+            "FP32 ONNX of its run, a pruned FP32 model over the unpruned one; ⚠ marks a variant slower than its "
+            "parent beyond the timing noise, \"within noise\" one whose gap is inside it. \"× FP32 eager\" is "
+            "over FP32 PyTorch eager of the unpruned model. Δ points are against that model's accuracy.")
+    noise = noise_line(rows, config)
+    return text + (" " + noise if noise else "")
 
 
 def write_report(out: Path, *, runs: list[Path], bench_dir: Path, pipeline: dict) -> Path:
@@ -175,8 +268,7 @@ def write_report(out: Path, *, runs: list[Path], bench_dir: Path, pipeline: dict
             f"channels; every accuracy measured on the whole test split from the exact file benchmarked. "
             f"Full rows: [{rel}/bench.md]({rel}/bench.md); stage log: pipeline.json.\n\n"
             f"## 1. The paper's Table 1 beside ours\n\n{_paper_table(runs)}\n"
-            f"## 2. What compression costs and buys\n\nSpeed-ups are over FP32 PyTorch eager of the unpruned "
-            f"model at the same batch size (latency at the smallest batch, throughput at the largest).\n\n"
+            f"## 2. What compression costs and buys\n\n{_speedup_note(bench.get('config'), rows)}\n\n"
             f"{_compression_section(runs, rows)}\n"
             f"## 3. Environment\n\n{environment_line(env)}\n\n"
             f"## 4. Plots\n\n{plots}\n\n{curves}\n\n"

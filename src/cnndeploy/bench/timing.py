@@ -46,9 +46,9 @@ def stats_from_ns(samples_ns: list[int]) -> LatencyStats:
                         p90_ms=_percentile(s, 90) * ms, p99_ms=_percentile(s, 99) * ms)
 
 
-def measure(fn: Callable[[], Any], *, warmup: int = 10, min_calls: int = 20, min_seconds: float = 1.0,
-            max_calls: int = 100_000, sync: Callable[[], None] | None = None) -> LatencyStats:
-    """Time `fn()` after `warmup` calls, until both `min_calls` and `min_seconds` are reached.
+def sample_ns(fn: Callable[[], Any], *, warmup: int = 10, min_calls: int = 20, min_seconds: float = 1.0,
+              max_calls: int = 100_000, sync: Callable[[], None] | None = None) -> list[int]:
+    """Nanoseconds per call of `fn()` after `warmup` calls, until both `min_calls` and `min_seconds`.
 
     `sync` (e.g. torch.cuda.synchronize) runs inside each timed call, so asynchronous
     devices are timed to completion.
@@ -66,4 +66,22 @@ def measure(fn: Callable[[], Any], *, warmup: int = 10, min_calls: int = 20, min
         if sync:
             sync()
         samples.append(clock() - t0)
-    return stats_from_ns(samples)
+    return samples
+
+
+def measure(fn: Callable[[], Any], *, warmup: int = 10, min_calls: int = 20, min_seconds: float = 1.0,
+            max_calls: int = 100_000, sync: Callable[[], None] | None = None) -> LatencyStats:
+    """Latency statistics of `fn()`: `sample_ns` with the same budgets, summarised."""
+    return stats_from_ns(sample_ns(fn, warmup=warmup, min_calls=min_calls, min_seconds=min_seconds,
+                                   max_calls=max_calls, sync=sync))
+
+
+def spread(values: list[float]) -> float | None:
+    """How far the lowest of repeated rates fell below the highest, (max - min) / max; None under two.
+
+    Relative to the highest so it stays below 1 even when one round stalled, and reads like the
+    gap it is compared with: "x% slower".
+    """
+    if len(values) < 2 or max(values) <= 0:
+        return None
+    return (max(values) - min(values)) / max(values)
