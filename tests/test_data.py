@@ -7,6 +7,7 @@ import builtins
 import gzip
 import hashlib
 import io
+import json
 import logging
 import os
 import pickle
@@ -22,7 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnndeploy.data import cifar, download, load_dataset
+from cnndeploy.artifacts.card import ModelCard
+from cnndeploy.data import cifar, dataset_for, download, load, load_dataset
 from cnndeploy.data.device import Augment, DeviceSplit, random_crop, random_flip
 from cnndeploy.errors import DatasetError
 
@@ -395,6 +397,70 @@ def test_missing_dataset_says_where_and_what_to_do(tmp_path, monkeypatch):
         load_dataset("mnist", data_dir=empty)
     message = str(info.value)
     assert str(empty) in message and "--data-dir" in message and "--download" in message
+
+
+@pytest.mark.parametrize("name, mentions_subset", [("mnist", True), ("cifar10", False)])
+def test_missing_dataset_points_to_the_shipped_subset_and_download(name, mentions_subset, tmp_path, monkeypatch):
+    monkeypatch.delenv("CNNDEPLOY_DATA", raising=False)
+    monkeypatch.setenv("CNNDEPLOY_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(name, data_dir=tmp_path / "empty")
+    message = str(info.value)
+    assert f"--dataset {name} --download" in message
+    assert ("--data-dir data/mnist-mini" in message) == mentions_subset
+
+
+def _card(dataset: str, dataset_path: Path | None) -> ModelCard:
+    mnist = dataset == "mnist"
+    return ModelCard(model="lenet5", classes=tuple(str(i) for i in range(10)) if mnist else tuple(cifar.CLASSES),
+                     channels=1 if mnist else 3, height=28 if mnist else 32, width=28 if mnist else 32,
+                     mean=(0.5,) * (1 if mnist else 3), std=(0.25,) * (1 if mnist else 3), dataset=dataset,
+                     dataset_path=str(dataset_path) if dataset_path else None)
+
+
+def _recorded_dataset(name: str, root: Path) -> Path:
+    """Dataset `name` under `root`, and the path training would record for it (load_dataset's ds.path)."""
+    if name == "mnist":
+        write_tiny_mnist(root / "mnist")
+    else:
+        write_cifar_python(root / "cifar-10-batches-py", cifar_batches())
+    return load_dataset(name, data_dir=root).path
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_dataset_for_falls_back_to_where_the_model_was_trained(name, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("CNNDEPLOY_DATA", raising=False)
+    monkeypatch.setenv("CNNDEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(load, "_announced", set())
+    recorded = _recorded_dataset(name, tmp_path / "trained-on")
+    card = _card(name, recorded)
+    with caplog.at_level("INFO", logger="cnndeploy"):
+        ds = dataset_for(card, data_dir=tmp_path / "empty")   # --data-dir first, then model.json
+    assert ds.path == recorded
+    assert [m for m in caplog.messages if " dataset: " in m] == [f"{name} dataset: {recorded} (recorded in model.json)"]
+    # --data-dir and $CNNDEPLOY_DATA come before the recorded location
+    elsewhere = _recorded_dataset(name, tmp_path / "elsewhere")
+    assert dataset_for(card, data_dir=tmp_path / "elsewhere").path == elsewhere
+    monkeypatch.setenv("CNNDEPLOY_DATA", str(tmp_path / "elsewhere"))
+    assert dataset_for(card).path == elsewhere
+    # a recorded location that is gone is listed among the places looked in
+    monkeypatch.delenv("CNNDEPLOY_DATA")
+    with pytest.raises(DatasetError) as info:
+        dataset_for(_card(name, tmp_path / "gone"))
+    assert f"recorded in model.json: {tmp_path / 'gone'}" in str(info.value)
+
+
+def test_dataset_for_an_onnx_card_uses_its_run_directorys_model_json(tmp_path, monkeypatch):
+    monkeypatch.delenv("CNNDEPLOY_DATA", raising=False)
+    monkeypatch.setenv("CNNDEPLOY_CACHE", str(tmp_path / "cache"))
+    recorded = _recorded_dataset("mnist", tmp_path / "trained-on")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text(json.dumps({**_card("mnist", recorded).to_json(), "widths": {}}))
+    onnx_card = _card("mnist", None)   # ONNX metadata carries no local path
+    assert dataset_for(onnx_card, run_dir=run).path == recorded
+    with pytest.raises(DatasetError, match="not found"):
+        dataset_for(onnx_card, run_dir=tmp_path)   # no model.json there: nothing recorded
 
 
 def test_unknown_dataset_name(tmp_path, monkeypatch):

@@ -30,6 +30,14 @@ def done(mini_mnist, tmp_path_factory):
     return out
 
 
+def test_the_pipeline_folder_lists_its_runs_for_commands_given_it(done):
+    from cnndeploy.artifacts.variants import expand_run_dirs
+
+    runs = [done / "lenet5-mnist", done / "lenet5-mnist-pruned50"]
+    assert json.loads((done / "pipeline.json").read_text())["runs"] == [r.name for r in runs]
+    assert expand_run_dirs([done]) == runs
+
+
 def test_pipeline_runs_every_stage_and_writes_the_report(done):
     run, pruned = done / "lenet5-mnist", done / "lenet5-mnist-pruned50"
     for path in (run / "model.onnx", run / "model.fp16.onnx", run / "model.int8-cpu.onnx", run / "model.int8-trt.onnx",

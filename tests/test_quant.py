@@ -47,17 +47,21 @@ def test_quantized_lenet_stays_within_one_point(trained, mini_mnist, target, fil
         assert all(zp.dtype == np.int8 and not zp.any() for zp in quant_zps + dequant_zps)
 
 
-def test_quant_cli_and_bad_arguments(trained, mini_mnist, tmp_path, capsys):
+def test_quant_cli_and_bad_arguments(trained, mini_mnist, tmp_path, capsys, monkeypatch):
     assert main(["quant", str(trained), "--calib-size", "64", "--method", "percentile",
                  "--data-dir", str(mini_mnist)]) == 0
     assert "model.int8-cpu.onnx: test accuracy" in capsys.readouterr().out
     with pytest.raises(CnnDeployError, match="--target"):
         quantize_run(trained, QuantConfig(target="gpu"))
-    (tmp_path / "model.json").write_text(json.dumps(json.loads((trained / "model.json").read_text())))
+    meta = json.loads((trained / "model.json").read_text())
+    del meta["dataset_path"]   # else quant finds the images where training read them
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    monkeypatch.delenv("CNNDEPLOY_DATA", raising=False)
     code = main(["quant", str(tmp_path), "--data-dir", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
     # No calibration data: one clear error, no dummy ranges, no file.
     assert code == 2 and "not found" in err and not (tmp_path / "model.int8-cpu.onnx").exists()
+    assert "dataset 'mnist' not found" in err
 
 
 def test_fp32_accuracy_is_reused_only_for_the_same_file_and_test_images(trained, mini_mnist, tmp_path,

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import textwrap
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from cnndeploy import __version__
@@ -165,7 +166,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                     "TensorRT engines, and/or to a Triton Inference Server model repository.",
         epilog=_examples(
             "cnndeploy export runs/lenet5-mnist --onnx --data-dir data/mnist-mini",
-            "cnndeploy export runs/lenet5-mnist --onnx --triton-repo triton-models --data-dir data/mnist-mini"))
+            "cnndeploy export runs/lenet5-mnist --onnx --triton-repo runs/triton-models --data-dir data/mnist-mini"))
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=f"one or more; {RUN_DIR_HELP}")
     p.add_argument("--onnx", action="store_true", help="write RUN_DIR/model.onnx")
     p.add_argument("--trt", action="store_true", help="build a TensorRT engine (needs tensorrt and a GPU)")
@@ -267,7 +268,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_positive_int,
                    help="intra-op threads for torch and onnxruntime (default: the libraries' own)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="timing budget per row")
-    p.add_argument("--out", default="bench", help="folder for the results")
+    p.add_argument("--out", help="folder for the results (default: bench/ in the first RUN_DIR, where "
+                                  "'cnndeploy serve' finds it)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -385,11 +387,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dirs(paths: Sequence[str]) -> list[str]:
+    """RUN_DIR... as given, with each folder of run directories (a pipeline's --out) expanded to them."""
+    from cnndeploy.artifacts.variants import expand_run_dirs
+
+    return [str(p) for p in expand_run_dirs(list(paths))]
+
+
+def _one_run_dir(path: str, command: str) -> str:
+    from cnndeploy.errors import CnnDeployError
+
+    runs = _run_dirs([path])
+    if runs != [str(Path(path))]:
+        raise CnnDeployError(f"{path} is not a run directory but holds {len(runs)}: {', '.join(runs)}; "
+                             f"'cnndeploy {command}' takes one of them")
+    return path
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from cnndeploy.runtime.evaluate import evaluate_path
 
-    result = evaluate_path(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, device=args.device)
-    print(json.dumps(result, indent=2))
+    targets = _run_dirs([args.run_dir]) if Path(args.run_dir).is_dir() else [args.run_dir]
+    results = [evaluate_path(t, dataset=args.dataset, data_dir=args.data_dir, device=args.device)
+               for t in targets]
+    print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     return 0
 
 
@@ -403,6 +424,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if (args.fp16 or args.int8) and not args.trt:
         raise CnnDeployError("--fp16/--int8 choose the TensorRT engine's precision: add --trt "
                              "(an FP16 ONNX file is --onnx --fp16-onnx)")
+    args.run_dirs = _run_dirs(args.run_dirs)
     if args.out and len(args.run_dirs) > 1:
         raise CnnDeployError("--out names one ONNX file: give one RUN_DIR with it")
     if args.triton_repo:
@@ -452,7 +474,8 @@ def _cmd_quant(args: argparse.Namespace) -> int:
     from cnndeploy.quant import QuantConfig, quantize_run
 
     cfg = QuantConfig(target=args.target, calib_size=args.calib_size, method=args.method, seed=args.seed)
-    r = quantize_run(args.run_dir, cfg, data_dir=args.data_dir)
+    cfg.check()  # a bad option is reported before a bad RUN_DIR
+    r = quantize_run(_one_run_dir(args.run_dir, "quant"), cfg, data_dir=args.data_dir)
     print(f"{r.file}: test accuracy {100 * r.int8_accuracy:.2f}% vs {100 * r.fp32_accuracy:.2f}% "
           f"FP32 (drop {r.accuracy_drop_points:+.2f} points), {r.int8_bytes / 1e6:.2f} MB vs "
           f"{r.fp32_bytes / 1e6:.2f} MB")
@@ -464,8 +487,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     cfg = PruneConfig(amount=args.amount, method=args.method, finetune_epochs=args.finetune_epochs,
                       round_to=args.round_to or None, lr=args.lr, precision=args.precision, distill=args.distill)
-    r = prune_run(args.run_dir, cfg, out=args.out, data_dir=args.data_dir, device=args.device,
-                  progress=not args.no_progress)
+    cfg.check()  # a bad option is reported before a bad RUN_DIR
+    r = prune_run(_one_run_dir(args.run_dir, "prune"), cfg, out=args.out, data_dir=args.data_dir,
+                  device=args.device, progress=not args.no_progress)
     b, p, f = r.before, r.pruned_before_finetune, r.after_finetune
     print(f"MACs {b['macs'] / 1e6:.2f}M -> {p['macs'] / 1e6:.2f}M ({r.macs_reduction:.2f}x fewer), "
           f"params {b['params'] / 1e6:.3f}M -> {p['params'] / 1e6:.3f}M; test accuracy "
@@ -475,13 +499,16 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from cnndeploy.artifacts.files import BENCH_DIR
     from cnndeploy.bench.harness import BenchConfig, run_bench
 
     cfg = BenchConfig(backends=[b for b in args.backends.split(",") if b], batch_sizes=args.batch_sizes,
                       threads=args.threads, min_seconds=args.min_seconds)
-    rows = run_bench(args.run_dirs, cfg, out=args.out, data_dir=args.data_dir, progress=not args.no_progress)
+    run_dirs = _run_dirs(args.run_dirs)
+    out = args.out or str(Path(run_dirs[0]) / BENCH_DIR)
+    rows = run_bench(run_dirs, cfg, out=out, data_dir=args.data_dir, progress=not args.no_progress)
     ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{len(rows)} rows ({ok} measured, {len(rows) - ok} skipped or failed) -> {args.out}/bench.md")
+    print(f"{len(rows)} rows ({ok} measured, {len(rows) - ok} skipped or failed) -> {out}/bench.md")
     return 0
 
 
@@ -502,8 +529,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from cnndeploy.serve.app import serve
 
-    serve(args.run_dirs, host=args.host, port=args.port, max_file_size=args.max_file_size, share=args.share,
-          max_queue=args.max_queue, concurrency=args.concurrency)
+    serve(_run_dirs(args.run_dirs), host=args.host, port=args.port, max_file_size=args.max_file_size,
+          share=args.share, max_queue=args.max_queue, concurrency=args.concurrency)
     return 0
 
 

@@ -292,10 +292,10 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> Path:
     total = len(stages) + 1
     for i, stage in enumerate(stages, 1):
         record.append(_run_stage(stage, f"[{i}/{total}]"))
-        write_json_atomic(out / layout.PIPELINE, _summary(cfg, record, time.perf_counter() - t0))
+        write_json_atomic(out / layout.PIPELINE, _summary(cfg, runs, record, time.perf_counter() - t0))
     # Built last: its inputs are the artifacts the stages above have just written.
     record.append(_run_stage(_bench_stage(cfg, runs, progress), f"[{total}/{total}]"))
-    summary = _summary(cfg, record, time.perf_counter() - t0)
+    summary = _summary(cfg, runs, record, time.perf_counter() - t0)
     write_json_atomic(out / layout.PIPELINE, summary)
     return write_report(out, runs=runs, bench_dir=out / layout.BENCH_DIR, pipeline=summary)
 
@@ -316,7 +316,9 @@ def _run_stage(stage: Stage, counter: str) -> dict[str, Any]:
     return {"stage": stage.name, "status": "ran", "seconds": round(time.perf_counter() - t, 1)}
 
 
-def _summary(cfg: PipelineConfig, record: list[dict], wall: float) -> dict[str, Any]:
-    return {"dataset": cfg.dataset, "models": cfg.models, "prune": cfg.prune.amount if cfg.prune else 0.0,
+def _summary(cfg: PipelineConfig, runs: list[Path], record: list[dict], wall: float) -> dict[str, Any]:
+    # "runs": the order in which commands given this folder as RUN_DIR take its run directories
+    return {"dataset": cfg.dataset, "models": cfg.models, "runs": [r.name for r in runs],
+            "prune": cfg.prune.amount if cfg.prune else 0.0,
             "epochs": cfg.epochs, "data_dir": cfg.data_dir and os.fspath(cfg.data_dir),
             "config": cfg.to_json(), "stages": record, "wall_seconds_this_call": round(wall, 1)}

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnndeploy.artifacts.card import ModelCard
-from cnndeploy.artifacts.files import FileSpec, deployable
+from cnndeploy.artifacts.files import MODEL_JSON, PIPELINE, FileSpec, deployable
 from cnndeploy.artifacts.records import source_run
+from cnndeploy.errors import CheckpointError
+from cnndeploy.fileio import read_json
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,39 @@ def family_root(run: Path, known: dict[str, Path]) -> Path:
     """The unpruned run `run` descends from, among `known` (by folder name), else `run` itself."""
     parent = source_run(run)
     return known.get(parent.name, run) if parent else run
+
+
+def expand_run_dirs(paths: list[str | os.PathLike]) -> list[Path]:
+    """Run directories for RUN_DIR... arguments: a run directory stays itself, and a folder of them
+    (a `cnndeploy pipeline` output, or runs/) becomes the run directories it holds, in the order
+    its pipeline.json lists them, the others sorted after; duplicates are dropped."""
+    runs: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if (path / MODEL_JSON).is_file():
+            found = [path]
+        elif not path.is_dir():
+            raise CheckpointError(f"run directory not found: {path} (expected a folder made by 'cnndeploy train' "
+                                  "or 'cnndeploy prune', or a 'cnndeploy pipeline' output folder holding them)")
+        else:
+            found = _held_runs(path)
+            if not found:
+                raise CheckpointError(
+                    f"{MODEL_JSON} not found in {path}, nor in any folder inside it: expected a run directory "
+                    f"(made by 'cnndeploy train' or 'cnndeploy prune') or a folder holding run directories "
+                    f"(such as the --out folder of 'cnndeploy pipeline')")
+        runs += [r for r in found if r.resolve() not in {q.resolve() for q in runs}]
+    return runs
+
+
+def _held_runs(folder: Path) -> list[Path]:
+    held = sorted(p for p in folder.iterdir() if (p / MODEL_JSON).is_file())
+    listed = []
+    if (folder / PIPELINE).is_file():
+        try:
+            names = read_json(folder / PIPELINE, what=PIPELINE).get("runs")
+        except (CheckpointError, AttributeError):
+            names = None  # unreadable or foreign: the folder's own order
+        if isinstance(names, list):
+            listed = [folder / n for n in names if isinstance(n, str) and folder / n in held]
+    return listed + [p for p in held if p not in listed]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -12,9 +13,13 @@ from cnndeploy.data.download import download as fetch
 from cnndeploy.data.paths import data_roots
 from cnndeploy.data.types import ImageDataset
 from cnndeploy.artifacts.card import ModelCard
-from cnndeploy.errors import DatasetError
+from cnndeploy.artifacts.files import MODEL_JSON
+from cnndeploy.errors import CnnDeployError, DatasetError
 
 NAMED = ("mnist", "cifar10")
+RECORDED = "recorded in model.json"
+log = logging.getLogger(__name__)
+_announced: set[tuple[str, str]] = set()
 
 
 def _cifar_jpeg(path: Path) -> ImageDataset:
@@ -55,8 +60,27 @@ def _not_found(name: str, roots: list[tuple[str, Path]]) -> DatasetError:
                 "<dir>/MNIST/raw/" if name == "mnist" else
                 "cifar-10-batches-py/, cifar-10-python.tar.gz, cifar-10-binary.tar.gz or "
                 "cifar10-jpeg.tar.gz in <dir>")
+    # the source checkout ships a subset, so a new user need not download anything
+    shipped = (" A source checkout ships a subset (10,000 training, 2,000 test images): --data-dir "
+               "data/mnist-mini from the checkout's root." if name == "mnist" else "")
     return DatasetError(f"dataset {name!r} not found (looked in {looked}); expected {expected}. "
-                        f"Pass --data-dir DIR, set CNNDEPLOY_DATA=DIR, or add --download.")
+                        f"Pass --data-dir DIR or set CNNDEPLOY_DATA=DIR, or fetch it with "
+                        f"'cnndeploy train ... --dataset {name} --download'.{shipped}")
+
+
+def _load_named(name: str, roots: list[tuple[str, Path]], *, download: bool = False,
+                use_cache: bool = True) -> tuple[ImageDataset, str]:
+    """The first of `roots` that holds dataset `name`, loaded, and how that root was chosen."""
+    hit = next(((why, h) for why, root in roots if root.exists() and (h := _find(name, root))), None)
+    if hit is None and download:
+        why, root = roots[0]
+        fetch(name, root)
+        hit = (why, h) if (h := _find(name, root)) else None
+    if hit is None:
+        raise _not_found(name, roots)
+    why, (kind, path, loader) = hit
+    path = path.resolve()
+    return cached(kind, path, lambda: loader(path), use_cache=use_cache), why
 
 
 def load_dataset(dataset: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
@@ -68,16 +92,7 @@ def load_dataset(dataset: str | os.PathLike, *, data_dir: str | os.PathLike | No
     """
     name = str(dataset)
     if name in NAMED:
-        roots = data_roots(data_dir)
-        hit = next((h for _, root in roots if (h := _find(name, root))), None)
-        if hit is None and download:
-            fetch(name, roots[0][1])
-            hit = _find(name, roots[0][1])
-        if hit is None:
-            raise _not_found(name, roots)
-        kind, path, loader = hit
-        path = path.resolve()
-        return cached(kind, path, lambda: loader(path), use_cache=use_cache)
+        return _load_named(name, data_roots(data_dir), download=download, use_cache=use_cache)[0]
     path = Path(name).expanduser().resolve()
     if not (path.is_dir() or folder.is_archive(path)):
         raise DatasetError(f"unknown dataset {name!r}: expected 'mnist', 'cifar10', or a path to a "
@@ -86,16 +101,42 @@ def load_dataset(dataset: str | os.PathLike, *, data_dir: str | os.PathLike | No
                   use_cache=use_cache, image_size=image_size)
 
 
-def dataset_for(card: ModelCard, *, dataset: str | None = None, data_dir: str | os.PathLike | None = None
-                ) -> ImageDataset:
+def dataset_for(card: ModelCard, *, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
+                run_dir: str | os.PathLike | None = None) -> ImageDataset:
     """The dataset a model was trained on (from its model.json or ONNX metadata), checked against it.
 
-    `dataset` overrides the recorded one; image folders are resized to the model's input size.
+    A named dataset is looked for in --data-dir, $CNNDEPLOY_DATA, then where training read it
+    (model.json's `dataset_path`), then the user cache; one line logs which was used. `dataset`
+    overrides the recorded one; image folders are resized to the model's input size. `run_dir`
+    supplies the recorded location for a card read from a file that lacks it (an ONNX file).
     """
-    name = dataset or (card.dataset if card.dataset in NAMED else card.dataset_path or card.dataset)
-    ds = load_dataset(name, data_dir=data_dir, image_size=(card.height, card.width))
+    recorded = card.dataset_path or _recorded_path(run_dir, card)
+    if (dataset or card.dataset) in NAMED:
+        name = dataset or card.dataset
+        roots = data_roots(data_dir)
+        if recorded and name == card.dataset:
+            roots.insert(len(roots) - 1, (RECORDED, Path(recorded)))  # the user cache stays last
+        ds, why = _load_named(name, roots)
+    else:
+        ds = load_dataset(dataset or recorded or card.dataset, image_size=(card.height, card.width))
+        why = "--dataset" if dataset else (RECORDED if recorded else "the model's dataset")
     check_matches(ds, card)
+    if (str(ds.path), why) not in _announced:  # once per process: bench and the pipeline ask per run
+        _announced.add((str(ds.path), why))
+        log.info("%s dataset: %s (%s)", ds.name, ds.path, why)
     return ds
+
+
+def _recorded_path(run_dir: str | os.PathLike | None, card: ModelCard) -> str | None:
+    """`dataset_path` of RUN_DIR's model.json, if it describes the same dataset and classes as `card`."""
+    if run_dir is None or not (Path(run_dir) / MODEL_JSON).is_file():
+        return None
+    try:
+        run_card = ModelCard.read(run_dir)
+    except CnnDeployError:
+        return None  # the file's own metadata is enough to go on; the other roots still apply
+    same = run_card.dataset == card.dataset and run_card.classes == card.classes
+    return run_card.dataset_path if same else None
 
 
 def check_matches(ds: ImageDataset, card: ModelCard) -> None:

@@ -24,7 +24,8 @@ def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, data_d
     """Top-1 accuracy of the file on the whole test split (of `ds` where the caller loaded it)."""
     clf = Classifier(path, threads=threads)
     if ds is None:
-        ds = dataset_for(clf.card, dataset=dataset, data_dir=data_dir)
+        # an ONNX file does not carry where its data was; the run directory around it may know
+        ds = dataset_for(clf.card, dataset=dataset, data_dir=data_dir, run_dir=Path(path).parent)
     else:  # loaded for model.json: the file's own metadata must agree (a stale export would not)
         check_matches(ds, clf.card)
     result = measure_accuracy(clf.logits, clf.card, ds, batch_size=batch_size)

@@ -136,6 +136,8 @@ def prune_run(run_dir: str | os.PathLike, cfg: PruneConfig = PruneConfig(), *, o
         raise CnnDeployError(f"{out_dir} already holds a run; choose another --out (nothing was overwritten)")
     ds = dataset_for(card, data_dir=data_dir)
     dataset = card.dataset if card.dataset in NAMED else ds.path
+    # the fine-tune reads the very files measured here, wherever dataset_for found them
+    found_in = str(ds.path) if card.dataset in NAMED else data_dir
     shape = card.shape
     before = {**count(model, shape), "test_accuracy": _accuracy(model, card, ds)}
     calib = calibration_split(ds, card)
@@ -153,7 +155,7 @@ def prune_run(run_dir: str | os.PathLike, cfg: PruneConfig = PruneConfig(), *, o
     init = out_dir / layout.PRUNE_INIT
     train_cfg = TrainConfig(model=card.model, dataset=dataset, out=str(out_dir), epochs=epochs,
                             lr=cfg.lr or (original.get("lr") or recipe.lr) / 4,
-                            batch_size=original.get("batch_size"), device=device, data_dir=data_dir,
+                            batch_size=original.get("batch_size"), device=device, data_dir=found_in,
                             widths=model.widths(), init_weights=str(init),
                             precision=cfg.precision or original.get("precision", "auto"),
                             teacher=str(run.resolve()) if cfg.distill else None)  # absolute: --resume elsewhere
