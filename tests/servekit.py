@@ -74,7 +74,6 @@ def _always_zero(run: Path, out: Path) -> Path:
     It stands in for a compressed variant gone wrong: it disagrees with its FP32 parent on every
     digit but 0, so the page has a disagreement to highlight, deterministically.
     """
-    import json
 
     import numpy as np
     import onnx

@@ -137,3 +137,44 @@ def test_resume_from_the_command_line_checks_only_typed_options(mini_mnist, tmp_
     assert main([*common, "--resume"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["config"]["seed"] == 3 and metrics["train_images"] == 256
+
+
+def _stub_run(tmp_path) -> str:
+    """A folder that passes for a run directory: the library call it would reach is faked."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "model.json").write_text("{}")
+    return str(tmp_path / "x")
+
+
+@pytest.mark.parametrize("drop,shown", [(0.1, "-0.10 points"), (-0.05, "+0.05 points"), (-0.001, "+0.00 points")])
+def test_quant_prints_the_accuracy_change_with_its_sign(drop, shown, monkeypatch, capsys, tmp_path):
+    """INT8 minus FP32, as report.md prints it: a fall is negative."""
+    import cnndeploy.quant
+
+    record = argparse.Namespace(file="model.int8-cpu.onnx", int8_accuracy=0.982, fp32_accuracy=0.983,
+                                accuracy_drop_points=drop, int8_bytes=90_000, fp32_bytes=270_000)
+    monkeypatch.setattr(cnndeploy.quant, "quantize_run", lambda *a, **k: record)
+    assert main(["quant", _stub_run(tmp_path)]) == 0
+    assert f"({shown} vs FP32's 98.30%)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("epochs,tail", [(1, "after 1 fine-tune epoch\n"), (2, "after 2 fine-tune epochs\n")])
+def test_prune_prints_percentages_and_one_mac_format(epochs, tail, monkeypatch, capsys, tmp_path):
+    import cnndeploy.train.prune
+
+    record = argparse.Namespace(
+        before={"macs": 436_000, "params": 61_706, "test_accuracy": 0.983},
+        pruned_before_finetune={"macs": 160_000, "params": 30_000, "test_accuracy": 0.936},
+        after_finetune={"macs": 160_000, "params": 30_000, "test_accuracy": 0.98}, macs_reduction=2.725,
+        finetune_epochs=epochs)
+    monkeypatch.setattr(cnndeploy.train.prune, "prune_run", lambda *a, **k: record)
+    assert main(["prune", _stub_run(tmp_path), "--amount", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("MACs 0.44M -> 0.16M (2.73x fewer), params 0.062M -> 0.030M; ")
+    assert "test accuracy 98.30% -> 93.60% pruned -> 98.00% " in out and out.endswith(tail)
+
+
+def test_pipeline_help_says_its_default_models_take_over_an_hour(capsys):
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--help"])
+    assert "take over an hour on a 2-core CPU" in " ".join(capsys.readouterr().out.split())

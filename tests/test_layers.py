@@ -131,7 +131,8 @@ def onnx_only_run(tmp_path_factory, mini_mnist) -> Path:
 def test_eval_of_an_onnx_file_imports_no_torch(onnx_only_run, mini_mnist):
     probe = ("import json, sys, contextlib, io\nfrom cnndeploy.cli import main\n"
              "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
-             f"    code = main(['eval', {str(onnx_only_run / 'model.onnx')!r}, '--data-dir', {str(mini_mnist)!r}])\n"
+             f"    code = main(['eval', {str(onnx_only_run / 'model.onnx')!r}, '--data-dir', {str(mini_mnist)!r}, "
+             "'--json'])\n"
              "print(code, json.loads(out.getvalue())['n'], 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "2000", "False"]

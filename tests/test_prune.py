@@ -30,19 +30,26 @@ def test_pruning_removes_channels_and_keeps_residual_shapes(name, shape):
     assert torch.equal(rebuilt(x), model(x))
 
 
-def test_prune_cli_writes_a_run_that_every_command_takes(mini_mnist, tmp_path, capsys):
+def test_prune_cli_writes_a_run_that_every_command_takes(mini_mnist, tmp_path, capsys, caplog):
     run = tmp_path / "lenet"
     train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), data_dir=str(mini_mnist), epochs=2,
                       device="cpu"), progress=False)
-    assert main(["prune", str(run), "--amount", "0.5", "--finetune-epochs", "1", "--round-to", "0",
-                 "--data-dir", str(mini_mnist), "--no-progress"]) == 0
-    assert "fewer" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="cnndeploy"):
+        assert main(["prune", str(run), "--amount", "0.5", "--finetune-epochs", "1", "--round-to", "0",
+                     "--data-dir", str(mini_mnist), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "fewer" in out
+    # The log line and the summary show the same numbers in the same formats.
+    logged = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("pruned lenet5: "))
+    macs = out.split(" (")[0].removeprefix("MACs ")
+    accuracy = out.split("test accuracy ")[1].split(" pruned")[0]
+    assert f"MACs {macs}, " in logged and f"test accuracy {accuracy} before fine-tune" in logged
     pruned = tmp_path / "lenet-pruned50"
     report = json.loads((pruned / "prune.json").read_text())
     assert report["macs_reduction"] >= 3 and report["after_finetune"]["test_accuracy"] > 0.85
     meta = json.loads((pruned / "model.json").read_text())
     assert meta["widths"]["conv"] == [3, 8]
-    assert main(["eval", str(pruned), "--data-dir", str(mini_mnist)]) == 0
+    assert main(["eval", str(pruned), "--data-dir", str(mini_mnist), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == report["after_finetune"]["test_accuracy"]
     assert main(["export", str(pruned), "--onnx", "--data-dir", str(mini_mnist)]) == 0
     model, _ = weights.load_run(pruned)

@@ -320,3 +320,26 @@ def test_cli_serve_reports_a_busy_port(runs, capsys):
         busy.listen()
         code = main(["serve", str(runs.mnist), "--port", str(busy.getsockname()[1])])
     assert code == 2 and "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+
+
+def test_launch_says_where_the_demo_is_in_our_words_without_gradios_hint_or_http_lines(demo, capsys, caplog):
+    """Gradio's "set `share=True` in `launch()`" is for Python callers (ours is --share), and its
+    start-up self-checks through httpx would log an "HTTP Request:" line each."""
+    import logging
+
+    httpx_log = logging.getLogger("httpx")
+    level = httpx_log.level
+    httpx_log.setLevel(logging.NOTSET)  # as in a fresh `cnndeploy serve` process
+    blocks = build_blocks(demo, max_queue=4, concurrency=1)
+    try:
+        with caplog.at_level(logging.INFO):
+            url = launch(blocks, port=servekit.free_port(), max_file_size=servekit.MAX_FILE_SIZE,
+                         prevent_thread_lock=True)
+    finally:
+        blocks.close()
+        httpx_log.setLevel(level)
+    printed = capsys.readouterr()
+    assert "share=True" not in printed.out + printed.err and "Running on local URL" not in printed.out
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith("HTTP Request:")], messages
+    assert f"demo on {url} (--share adds a public link)" in messages

@@ -36,6 +36,49 @@ def test_eval_of_an_engine_without_tensorrt_is_one_line(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.fixture
+def no_tensorrt_no_gpu(monkeypatch):
+    """This machine as one without both, wherever the test runs."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` now raises ImportError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_everything_missing_for_tensorrt_is_named(no_tensorrt_no_gpu):
+    from cnndeploy.runtime.tensorrt import TensorRTError, require_tensorrt, tensorrt_missing
+
+    assert len(tensorrt_missing()) == 2
+    with pytest.raises(TensorRTError) as info:
+        require_tensorrt()
+    assert "'tensorrt' Python package" in str(info.value) and "no CUDA GPU" in str(info.value)
+
+
+def test_trt_alone_fails_before_any_work_naming_package_and_gpu(no_tensorrt_no_gpu, tmp_path, capsys):
+    from test_reliability import tiny_run
+
+    run = tiny_run(tmp_path)
+    assert main(["export", str(run), "--trt", "--fp16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert "'tensorrt' Python package" in err and "no CUDA GPU" in err
+    assert not list(run.glob("*.onnx"))
+
+
+def test_onnx_and_trt_write_the_onnx_file_and_skip_tensorrt_in_one_line(no_tensorrt_no_gpu, tmp_path,
+                                                                       mini_mnist, capsys):
+    from test_reliability import tiny_run
+
+    run = tiny_run(tmp_path)
+    assert main(["export", str(run), "--onnx", "--trt", "--data-dir", str(mini_mnist)]) == 0
+    assert (run / "model.onnx").is_file()
+    captured = capsys.readouterr()
+    assert "model.onnx" in captured.out
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("skipped --trt: ")
+    assert "'tensorrt' Python package" in err and "no CUDA GPU" in err
+
+
 def test_precision_flags_need_trt(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--onnx", "--fp16"]) == 2
     assert "add --trt" in capsys.readouterr().err

@@ -247,6 +247,29 @@ def test_train_and_eval_on_a_users_image_folder(tmp_path):
     assert evaluate_run(out, device="cpu")["test_accuracy"] == metrics["test_accuracy"]
 
 
+def test_a_batch_larger_than_the_training_split_is_fitted_to_it_and_recorded(tmp_path, caplog):
+    from cnndeploy import pipeline
+
+    data = _png_tree(tmp_path / "pets", 32)  # 24 training images; the recipe's batch is 256
+    cfg = pipeline.pipeline_config(dataset=str(data), models=["lenet5"], device="cpu")
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="cnndeploy"):
+        metrics = train(cfg.train_config("lenet5", out, 1), progress=False)
+    assert "batch size 256 is larger than the 24 training images: training with batch 24" in caplog.text
+    assert metrics["config"]["batch_size"] == 24
+    assert json.loads((out / "metrics.json").read_text())["config"]["batch_size"] == 24
+    # The pipeline asks for the recipe's 256 again: the run it finds is what that gives, not a clash.
+    pipeline._check_finished_run(cfg, "lenet5", out, 1)
+
+
+def test_fitted_batch_size_keeps_batches_that_fit_and_a_multiple_of_the_processes():
+    assert fit.fitted_batch_size(8, 24) == 8
+    assert fit.fitted_batch_size(24, 24) == 24
+    assert fit.fitted_batch_size(256, 41) == 41
+    assert fit.fitted_batch_size(256, 41, world_size=2) == 40
+    assert fit.fitted_batch_size(256, 3, world_size=2) == 256  # too few images: the layout check says so
+
+
 def test_images_too_small_for_the_model_are_a_clear_error(tmp_path):
     data = _png_tree(tmp_path / "tiny", 4)
     with pytest.raises(CnnDeployError, match="too small"):
@@ -325,8 +348,11 @@ def test_bf16_training_on_cpu_saves_fp32_weights_and_pruning_inherits_it(mini_mn
     assert any(not torch.equal(weights[k], _weights(tmp_path / "fp32")[k]) for k in weights)
     # Reported accuracy is an fp32 evaluation: `eval` of the saved weights measures the same.
     capsys.readouterr()
-    assert main(["eval", str(run), "--data-dir", str(mini_mnist)]) == 0
+    assert main(["eval", str(run), "--data-dir", str(mini_mnist), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == metrics["test_accuracy"]
+    assert main(["eval", str(run), "--data-dir", str(mini_mnist)]) == 0
+    assert capsys.readouterr().out == (f"{run} (lenet5): test accuracy {100 * metrics['test_accuracy']:.2f}% "
+                                       "on 2,000 test images (mnist-idx)\n")
     assert main(["prune", str(run), "--amount", "0.5", "--round-to", "0", "--data-dir", str(mini_mnist),
                  "--no-progress"]) == 0
     report = json.loads((tmp_path / "bf16-pruned50" / "prune.json").read_text())

@@ -27,6 +27,7 @@ from cnndeploy.bench.harness import BenchConfig
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import write_json_atomic
 from cnndeploy.quant.ptq import QuantConfig
+from cnndeploy.train.fit import fitted_batch_size
 from cnndeploy.train.prune import PruneConfig
 
 log = logging.getLogger("cnndeploy")
@@ -38,7 +39,7 @@ PLACE_NOT_RECIPE = ("out", "device", "data_dir", "download", "model", "dataset",
 class PipelineConfig:
     dataset: str                       # mnist, cifar10 or a path
     models: list[str]
-    out: str = "pipeline"
+    out: str = "runs/pipeline"
     epochs: str | int | None = None    # N for all, "lenet5=6,resnet18=2", or None (recipes)
     seed: int = 0
     device: str = "auto"
@@ -175,6 +176,10 @@ def _check_finished_run(cfg: PipelineConfig, model: str, run: Path, epochs: int 
                              "choose another --out (nothing was changed)")
     wanted = dataclasses.asdict(cfg.train_config(model, run, epochs).resolved())
     recorded = done.get("config") or {}
+    if isinstance(wanted.get("batch_size"), int) and isinstance(done.get("train_images"), int):
+        # a batch larger than the training split was trained (and recorded) as the whole split
+        wanted["batch_size"] = fitted_batch_size(wanted["batch_size"], done["train_images"],
+                                                 done.get("world_size") or 1)
     clash = {k: (recorded.get(k), v) for k, v in wanted.items()
              if k not in PLACE_NOT_RECIPE and _plain(recorded.get(k)) != _plain(v)}
     if clash:
@@ -266,8 +271,6 @@ def plan(cfg: PipelineConfig, *, progress: bool = True) -> tuple[list[Stage], li
 
 
 def _bench_stage(cfg: PipelineConfig, runs: list[Path], progress: bool) -> Stage:
-    from cnndeploy.bench.harness import run_bench
-
     bench = Path(cfg.out) / layout.BENCH_DIR
     inputs = [p for run in runs for p in [run / layout.WEIGHTS, *run.glob("*.onnx"), *run.glob("*.engine")]]
     wanted = {**dataclasses.asdict(cfg.bench), "runs": [r.name for r in runs]}
@@ -276,8 +279,13 @@ def _bench_stage(cfg: PipelineConfig, runs: list[Path], progress: bool) -> Stage
         data = records.read_bench(bench)
         return {**data["config"], "runs": data.get("runs")} if isinstance(data.get("config"), dict) else None
     return Stage("bench", [bench / layout.BENCH], inputs,
-                 lambda: run_bench(runs, cfg.bench, out=bench, data_dir=cfg.data_dir, progress=progress),
-                 wanted, recorded)
+                 lambda: _logged_bench(runs, cfg, bench, progress), wanted, recorded)
+
+
+def _logged_bench(runs: list[Path], cfg: PipelineConfig, bench: Path, progress: bool) -> None:
+    from cnndeploy.bench.harness import run_bench
+
+    run_bench(runs, cfg.bench, out=bench, data_dir=cfg.data_dir, progress=progress)
 
 
 def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> Path:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,6 +28,8 @@ from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import write_bytes_atomic
 from cnndeploy.runtime.accuracy import measure_accuracy
 from cnndeploy.runtime.runners import KIND, check_backends, make_runner, on_gpu, skip_reason
+
+log = logging.getLogger("cnndeploy")
 
 
 @dataclass(frozen=True)
@@ -113,12 +116,15 @@ def _rows_of(job: _Loaded, peaks: dict) -> list[BenchRow]:
 
 
 def _bench_family(jobs: list[tuple[Variant, str]], data: dict, cfg: BenchConfig, peaks: dict,
-                  bar) -> list[BenchRow]:
+                  bar, numbers: Iterator[str]) -> list[BenchRow]:
     """Load every job of one family, then time them in interleaved rounds, so drift of the machine
     hits a variant and its parent alike and the rounds' spread measures what is left."""
     rows: list[BenchRow] = []
     loaded: list[_Loaded] = []
     for variant, backend in jobs:
+        number = next(numbers)
+        if bar.disable:  # no bar drawn (--no-progress, no terminal): still say what is measured
+            log.info("bench %s: %s [%s]", number, variant.name, backend)
         card, ds, cost = data[variant.run.name]
         job = _load(variant, backend, ds, card, cfg, cost=cost)
         if isinstance(job, list):
@@ -189,11 +195,13 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
     import torch
 
     saved_threads = torch.get_num_threads()  # the torch runner sets --threads process-wide: put it back
-    steps = sum(len(jobs) for jobs in families.values()) * (1 + cfg.rounds)   # load, then each round
+    count = sum(len(jobs) for jobs in families.values())
+    numbers = (f"{i}/{count}" for i in range(1, count + 1))
     try:
-        with tqdm(total=steps, desc="bench", unit="step", disable=None if progress else True) as bar:
+        with tqdm(total=count * (1 + cfg.rounds), desc="bench", unit="step",  # load, then each round
+                  disable=None if progress else True) as bar:
             for jobs in families.values():
-                rows += _bench_family(jobs, data, cfg, env["peak"], bar)
+                rows += _bench_family(jobs, data, cfg, env["peak"], bar, numbers)
     finally:
         torch.set_num_threads(saved_threads)
     _flag_slow_compression(rows, parents, cfg.noise_floor)

@@ -22,15 +22,33 @@ class TensorRTError(CnnDeployError):
     """TensorRT or a GPU is missing, or an engine cannot be built or loaded."""
 
 
-def require_tensorrt():
-    """The tensorrt module, after checking for it and a CUDA GPU (one line says which is missing)."""
+TENSORRT_PACKAGE = "no 'tensorrt' Python package (pip install 'cnndeploy[trt]')"
+CUDA_GPU = "no CUDA GPU (torch sees none)"
+
+
+def tensorrt_missing() -> list[str]:
+    """Everything this machine lacks for TensorRT: naming only the first would send a user who
+    installs the package straight into the next error."""
+    missing = []
     try:
-        import tensorrt as trt
+        import tensorrt  # noqa: F401
     except ImportError:
-        raise TensorRTError("--trt needs the 'tensorrt' Python package (pip install 'cnndeploy[trt]'), "
-                            "which is not installed") from None
+        missing.append(TENSORRT_PACKAGE)
     if not torch.cuda.is_available():
-        raise TensorRTError("--trt needs a CUDA GPU, and torch sees none")
+        missing.append(CUDA_GPU)
+    return missing
+
+
+def missing_message(missing: list[str]) -> str:
+    return f"TensorRT cannot run here: {', '.join(missing)}"
+
+
+def require_tensorrt():
+    """The tensorrt module, after checking for it and a CUDA GPU (one line names everything missing)."""
+    missing = tensorrt_missing()
+    if missing:
+        raise TensorRTError(missing_message(missing))
+    import tensorrt as trt
     return trt
 
 

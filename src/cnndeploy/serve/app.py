@@ -266,15 +266,31 @@ def launch(blocks, *, host: str = "127.0.0.1", port: int | None = 7860, max_file
         log.warning("serving on %s: the demo is reachable from other machines", host)
     if share:
         log.warning("--share: Gradio publishes the demo through a public share link")
+    _quiet_http_clients()
     try:
+        # Gradio's own start-up lines are replaced by ours below: its hint to "set `share=True` in
+        # `launch()`" speaks to Python callers, not to users of `cnndeploy serve --share`.
         _, url, _ = blocks.launch(
             server_name=host, server_port=port, share=share, max_file_size=max_file_size,
             show_error=False,          # only gr.Error texts (ours, fixed) reach the browser
-            prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, mcp_server=False,
+            prevent_thread_lock=True, quiet=True, ssr_mode=False, mcp_server=False,
             enable_monitoring=False, run_history=False, footer_links=["api"], css=CSS)
     except OSError as e:  # the port is taken, or the address is not one of this machine's
         raise ServeError(f"cannot listen on {host}:{port} ({e}); pick another --port or --host") from None
+    if not quiet:
+        log.info("demo on %s%s", url, "" if share else " (--share adds a public link)")
+    if not prevent_thread_lock:
+        blocks.block_thread()  # serve until interrupted, as launch() itself would have
     return url
+
+
+def _quiet_http_clients() -> None:
+    """Gradio checks its own server with httpx at start-up, which logs every request at INFO
+    ("HTTP Request: GET ..."): noise in the server's log. A level someone set on purpose stays."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
 
 
 def serve(run_dirs: list[str | os.PathLike], *, host: str = "127.0.0.1", port: int = 7860,

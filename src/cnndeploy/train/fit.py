@@ -85,6 +85,27 @@ def _subset(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
     return dataclasses.replace(ds, train_x=ds.train_x[idx.numpy()], train_y=ds.train_y[idx.numpy()])
 
 
+def fitted_batch_size(batch_size: int, train_images: int, world_size: int = 1) -> int:
+    """The batch size a run trains with: at most the training split, kept a multiple of the processes.
+
+    A larger one would make a single short batch per epoch anyway (a batch is never padded), so
+    the run records what it really used. Too few images for 2 per process are left to the checks.
+    """
+    if batch_size <= train_images:
+        return batch_size
+    fitted = train_images - train_images % world_size
+    return fitted if fitted >= 2 * world_size else batch_size
+
+
+def _fit_batch(cfg: TrainConfig, train_images: int, world_size: int) -> TrainConfig:
+    fitted = fitted_batch_size(cfg.batch_size, train_images, world_size)
+    if fitted != cfg.batch_size:
+        log.warning("batch size %d is larger than the %d training images: training with batch %d, one step "
+                    "per epoch (a smaller --batch-size takes more steps per epoch)",
+                    cfg.batch_size, train_images, fitted)
+    return dataclasses.replace(cfg, batch_size=fitted)
+
+
 def _prepare_out(out: Path, resume: bool) -> bool:
     """Refuse to clobber a finished run or silently restart an unfinished one; True if resuming."""
     if out.exists() and not out.is_dir():
@@ -253,6 +274,7 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
         raise CnnDeployError(f"--batch-size {cfg.batch_size}: expected at least 2 (BatchNorm needs it)")
     if len(ds.train_y) < 2:
         raise CnnDeployError(f"{ds.path}: {len(ds.train_y)} training image(s); expected at least 2")
+    cfg = _fit_batch(cfg, len(ds.train_y), dist.world_size)  # before anything records the config
     distributed.check_layout(dist, batch_size=cfg.batch_size, train_images=len(ds.train_y),
                              test_images=len(ds.test_y))
     log.info("data: %s from %s (%d train / %d test images, %.1fs)", ds.source, ds.path,
@@ -349,14 +371,16 @@ def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def _finish(out: Path, cfg: TrainConfig, model: nn.Module, ds: ImageDataset, state: dict,
             *, wall: float, device: torch.device, world_size: int = 1) -> records.TrainMetrics:
-    from cnndeploy.train.curves import plot_curves
+    from cnndeploy.train.curves import curves_title, plot_curves
 
     history = state["history"]
     best = max(history, key=lambda h: h["test_accuracy"])
     card = weights.card_for(cfg.model, model, ds.metadata(), dataset_path=str(ds.path))
     weights.save_weights(out / layout.WEIGHTS, model)
     write_json_atomic(out / layout.MODEL_JSON, card.to_json())
-    plot_curves(history, out / layout.CURVES, f"{cfg.model} on {ds.name} ({ds.source})")
+    # prune's fine-tune is an ordinary run whose config carries the pruned widths (and any teacher)
+    plot_curves(history, out / layout.CURVES, curves_title(cfg.model, ds.name, ds.source,
+                                                           pruned=bool(cfg.widths), teacher=cfg.teacher))
     metrics = records.TrainMetrics(
         test_accuracy=history[-1]["test_accuracy"], test_loss=history[-1]["test_loss"],
         best_test_accuracy=best["test_accuracy"], best_epoch=best["epoch"], epochs=cfg.epochs,

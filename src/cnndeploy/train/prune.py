@@ -144,9 +144,10 @@ def prune_run(run_dir: str | os.PathLike, cfg: PruneConfig = PruneConfig(), *, o
     prune_model(model, shape, amount=cfg.amount, method=cfg.method, round_to=cfg.round_to, calib=calib)
     recalibrate_bn(model, calib)
     pruned = {**count(model, shape), "test_accuracy": _accuracy(model, card, ds)}
-    log.info("pruned %s: MACs %.1fM -> %.1fM, params %.2fM -> %.2fM, accuracy %.4f -> %.4f before fine-tune",
-             card.model, before["macs"] / 1e6, pruned["macs"] / 1e6, before["params"] / 1e6,
-             pruned["params"] / 1e6, before["test_accuracy"], pruned["test_accuracy"])
+    # the same formats as the command line's summary, which repeats these numbers
+    log.info("pruned %s: MACs %.2fM -> %.2fM, params %.3fM -> %.3fM, test accuracy %.2f%% -> %.2f%% before "
+             "fine-tune", card.model, before["macs"] / 1e6, pruned["macs"] / 1e6, before["params"] / 1e6,
+             pruned["params"] / 1e6, 100 * before["test_accuracy"], 100 * pruned["test_accuracy"])
 
     original = records.read_metrics(run).get("config", {})
     recipe = get_spec(card.model).recipe(card.dataset)
