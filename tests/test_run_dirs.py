@@ -101,6 +101,6 @@ def test_bench_and_eval_of_a_pipeline_folder(tmp_path, mini_mnist, monkeypatch, 
                  "--no-progress"]) == 0
     assert f"-> {out / 'b-run' / 'bench'}/bench.md" in capsys.readouterr().out
     assert (out / "b-run" / "bench" / "bench.json").is_file() and not (tmp_path / "bench").exists()
-    assert main(["eval", str(out), "--device", "cpu"]) == 0
+    assert main(["eval", str(out), "--device", "cpu", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["run_dir"] for r in results] == [str(out / "b-run"), str(out / "a-run")]
