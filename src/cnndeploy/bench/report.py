@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cnndeploy.artifacts.card import ModelCard
-from cnndeploy.artifacts.files import FILES, REPORT, spec
+from cnndeploy.artifacts.files import FILES, PRECISION_ORDER, REPORT, spec
 from cnndeploy.artifacts.records import PruneRecord, read_bench, read_metrics
 from cnndeploy.artifacts.variants import family_root
 from cnndeploy.fileio import write_bytes_atomic
@@ -204,8 +204,11 @@ def _compression_table(root: Path, rows: list[dict], runs: dict[str, Path]) -> s
              f"× FP32 eager @ {large} | % of peak @ {large} |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {b: i for i, b in enumerate(BACKENDS)}
-    keys = sorted({(r["variant"], r["backend"]) for r in mine},
-                  key=lambda k: (not k[0].startswith(root.name + ":"), k[0], order.get(k[1], 99)))
+    of = {r["variant"]: (r["run"], r["precision"]) for r in mine}
+    rank = {p: i for i, p in enumerate(PRECISION_ORDER)}
+    keys = sorted({(r["variant"], r["backend"]) for r in mine},  # the unpruned run first, FP32 first
+                  key=lambda k: (of[k[0]][0] != root.name, of[k[0]][0], rank.get(of[k[0]][1], len(rank)),
+                                 order.get(k[1], 99)))
     ref_acc = (base[small] or {}).get("accuracy")
     for variant, backend in keys:
         one, many = at.get((variant, backend, small)), at.get((variant, backend, large))
