@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import nullcontext as _nullcontext
 from pathlib import Path
 
 import torch
@@ -56,30 +57,60 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
                               "written by cnndeploy") from None
 
 
+SHOWN_KEYS = 5      # a hostile file can hold tens of thousands of keys: name a few, count the rest
+
+
+def _summary(what: str, items: list[str]) -> str:
+    shown = ", ".join(items[:SHOWN_KEYS])
+    more = f", ... ({len(items)} in all)" if len(items) > SHOWN_KEYS else ""
+    return f"{what} [{shown}{more}]" if more else f"{what} {items}"
+
+
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """load_state_dict, but naming every missing, unexpected and mis-shaped key."""
+    """load_state_dict, but naming the missing, unexpected and mis-shaped keys (a few, and a count)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
     shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                     for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or extra or shapes:
-        parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {extra}" if extra else "",
-                 f"mis-shaped {shapes}" if shapes else ""]
+        parts = [_summary("missing keys", missing) if missing else "",
+                 _summary("unexpected keys", extra) if extra else "",
+                 _summary("mis-shaped", shapes) if shapes else ""]
         raise CheckpointError(f"{where} does not match the architecture in {MODEL_JSON}: "
                               + "; ".join(p for p in parts if p))
     model.load_state_dict(state)
 
 
-def build_from_card(card: ModelCard, where: str) -> nn.Module:
+def build_from_card(card: ModelCard, where: str, *, weights_bytes: int | None = None) -> nn.Module:
+    """The model `card` describes; with `weights_bytes`, refused first if its parameters cannot fit.
+
+    The widths come from a file a user may hand us: the model is first built on the meta device
+    (shapes only, nothing allocated) to count its parameters, so absurd widths are refused
+    before any memory is spent on them.
+    """
     from cnndeploy.models.registry import create_model
 
-    try:
-        return create_model(card.model, card.num_classes, card.channels, card.height, card.width,
-                            **card.widths)
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        msg = str(e.args[0] if e.args else e).splitlines()[0]
-        raise CheckpointError(f"{where}: cannot build the model it describes ({msg})") from None
+    def build(device: str | None) -> nn.Module:
+        try:
+            with torch.device(device) if device else _nullcontext():
+                return create_model(card.model, card.num_classes, card.channels, card.height, card.width,
+                                    **card.widths)
+        except (KeyError, ValueError, TypeError, RuntimeError, NotImplementedError) as e:
+            msg = str(e.args[0] if e.args else e).splitlines()[0]
+            raise CheckpointError(f"{where}: cannot build the model it describes ({msg})") from None
+
+    if weights_bytes is not None:
+        params = sum(p.numel() for p in build("meta").parameters())
+        # 1 byte a parameter leaves room for any dtype we write (fp32, fp16, int8) plus headers
+        if params > max(weights_bytes, MIN_WEIGHT_BYTES):
+            raise CheckpointError(f"{where}: the widths it records describe {params:,} parameters, far "
+                                  f"more than its weights file holds ({weights_bytes:,} bytes); refused "
+                                  "before building it")
+    return build(None)
+
+
+MIN_WEIGHT_BYTES = 1 << 20   # below this, any model is cheap to build: let the key check speak
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
@@ -93,7 +124,9 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise CheckpointError(f"run directory not found: {run} (expected a folder made by "
                               "'cnndeploy train')")
     card = ModelCard.read(run)
-    model = build_from_card(card, str(run / MODEL_JSON))
+    weights_path = run / WEIGHTS
+    size = weights_path.stat().st_size if weights_path.is_file() else None
+    model = build_from_card(card, str(run / MODEL_JSON), weights_bytes=size)
     state, _ = load_tensors(run / WEIGHTS)
     load_state_dict_checked(model, state, str(run / WEIGHTS))
     return model.to(device).eval(), card

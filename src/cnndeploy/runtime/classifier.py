@@ -112,6 +112,65 @@ def _to_mode(img: Image.Image, mode: str) -> Image.Image:
             raise ImageInputError(f"cannot convert a {img.mode} image to {mode} ({e})") from None
 
 
+def _dims(shape) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
+
+
+class SessionRunner:
+    """An onnxruntime session as a checked runner: float32 NCHW batch -> logits [N, classes].
+
+    A file may fix its batch size (often 1): larger batches are then run that many images at a
+    time. The output must be [N, classes]; that is checked from the session's metadata at load
+    and on every result, so a foreign layout is one clear error rather than a numpy one later.
+    """
+
+    def __init__(self, session, where: str, num_classes: int | None = None) -> None:
+        self.session, self.where, self.num_classes = session, where, num_classes
+        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        first = inp.shape[0] if inp.shape else None
+        self.fixed_batch = first if isinstance(first, int) and first > 0 else None
+        shape = list(out.shape or [])
+        width = shape[-1] if shape else None
+        if shape and (len(shape) != 2 or (isinstance(shape[0], int) and self.fixed_batch
+                                          and shape[0] != self.fixed_batch)):
+            raise ModelFileError(f"{where}: the model's output is shaped {_dims(shape)}; expected "
+                                 f"[N, {num_classes or 'classes'}] (one row of logits per image)")
+        if num_classes is not None and isinstance(width, int) and width != num_classes:
+            raise ModelFileError(f"{where}: the model outputs {width} logits but its metadata names "
+                                 f"{num_classes} classes; expected one class name per logit")
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        except MemoryError:
+            raise
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelFileError(f"{self.where}: onnxruntime failed on a batch shaped {list(x.shape)} "
+                                 f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        n, b = len(batch), self.fixed_batch
+        if b is None or n == b:
+            out = self._run(batch)
+        else:  # a fixed batch: run it in chunks of b, padding the last one
+            outs = []
+            for start in range(0, n, b):
+                chunk = batch[start:start + b]
+                if len(chunk) < b:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - len(chunk), axis=0)])
+                outs.append(self._checked(self._run(chunk), b)[:n - start])
+            out = np.concatenate(outs) if outs else np.zeros((0, self.num_classes or 0), np.float32)
+        return self._checked(out, n)
+
+    def _checked(self, out: np.ndarray, n: int) -> np.ndarray:
+        out = np.asarray(out)
+        if out.ndim != 2 or len(out) != n or (self.num_classes is not None and out.shape[1] != self.num_classes):
+            raise ModelFileError(f"{self.where}: the model's output for {n} image(s) is shaped {list(out.shape)}; "
+                                 f"expected [{n}, {self.num_classes or 'classes'}] (one row of logits per image)")
+        return out
+
+
 class Classifier:
     """Top-k classification with a cnndeploy ONNX file.
 
@@ -152,13 +211,9 @@ class Classifier:
                      "height": self.card.height, "width": self.card.width,
                      "mean": np.asarray(self.card.mean, np.float32), "std": np.asarray(self.card.std, np.float32),
                      "model": self.card.model, "dataset": self.card.dataset}
-        out = self.session.get_outputs()[0]
-        self.input_name, self.output_name = inp.name, out.name
+        self.runner = SessionRunner(self.session, str(self.path), len(self.card.classes))
+        self.input_name, self.output_name = self.runner.input_name, self.runner.output_name
         self.classes: list[str] = self.meta["classes"]
-        width = out.shape[-1] if out.shape else None
-        if isinstance(width, int) and width != len(self.classes):
-            raise ModelFileError(f"{self.path}: the model outputs {width} logits but its metadata names "
-                                 f"{len(self.classes)} classes; expected one class name per logit")
 
     def preprocess(self, image: ImageLike) -> np.ndarray:
         """Any image -> float32 [C, H, W], resized and normalised as the model was trained."""
@@ -202,7 +257,7 @@ class Classifier:
                                   f"got {list(batch.shape)}")
         if not np.isfinite(batch).all():
             raise ImageInputError("the input holds NaN or infinite values")
-        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        out = self.runner(batch)
         if not np.isfinite(out).all():
             raise ModelFileError(f"{self.path} produced NaN or infinite logits; not a prediction")
         return out

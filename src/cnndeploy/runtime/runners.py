@@ -81,9 +81,12 @@ def ort_session(path: Any, provider: str = "CPUExecutionProvider", threads: int 
 
 
 def _ort_runner(variant: Variant, provider: str, threads: int | None) -> Runner:
-    sess = ort_session(variant.path, provider, threads)
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})[0]
+    from cnndeploy.artifacts.card import ModelCard
+    from cnndeploy.runtime.classifier import SessionRunner
+
+    # the same checks as eval's Classifier: fixed batch sizes, [N, classes] outputs
+    return SessionRunner(ort_session(variant.path, provider, threads), str(variant.path),
+                         ModelCard.read(variant.run).num_classes)
 
 
 def engine_runner(path: Any) -> Runner:

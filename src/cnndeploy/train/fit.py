@@ -21,7 +21,7 @@ from cnndeploy.data import ImageDataset, load_dataset
 from cnndeploy.data.device import DeviceSplit, ShardedSplit, augment_for
 from cnndeploy.devices import pick_device
 from cnndeploy.system import cpu_has_bf16
-from cnndeploy.errors import CnnDeployError, TrainingError
+from cnndeploy.errors import CheckpointError, CnnDeployError, TrainingError
 from cnndeploy.fileio import write_bytes_atomic, write_json_atomic
 from cnndeploy.models import create_model, get_spec
 from cnndeploy.train import distributed
@@ -156,10 +156,41 @@ def _check_same_run(state: dict, identity: dict, device: torch.device, out: Path
                              f"continue on {device.type}; pass --device {state['device_type']}")
 
 
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "None": type(None)}
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a TrainConfig annotation such as 'int | None' (bools are not ints)."""
+    kinds = [_TYPES[part.strip()] for part in annotation.split("|")]
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int) and float in kinds:
+        return True
+    return any(isinstance(value, k) for k in kinds)
+
+
+def check_saved_config(saved: dict, where: Path) -> None:
+    """A checkpoint's config must have TrainConfig's fields and types: one line naming the field if not."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(saved) - set(fields))
+    if unknown:
+        raise CheckpointError(f"{where}: malformed checkpoint state (unknown config field "
+                              f"{unknown[0]!r}; expected some of {', '.join(fields)})")
+    for name, f in fields.items():
+        if name not in saved:
+            if f.default is dataclasses.MISSING:
+                raise CheckpointError(f"{where}: malformed checkpoint state (config field {name!r} is missing)")
+            continue
+        if not _fits(saved[name], str(f.type)):
+            raise CheckpointError(f"{where}: malformed checkpoint state (config field {name!r} must be "
+                                  f"{f.type}, got {type(saved[name]).__name__})")
+
+
 def _resume_config(out: Path, cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     saved = checkpoint_state(out / layout.CHECKPOINT).get("config")
     if not saved:
         raise CnnDeployError(f"{out / layout.CHECKPOINT} holds no training config; cannot resume")
+    check_saved_config(saved, out / layout.CHECKPOINT)
     clash = {k: (saved[k], getattr(cfg, k)) for k in explicit
              if k in saved and k not in ("device", "data_dir", "precision", "out", "dataset")
              and saved[k] != getattr(cfg, k)}
