@@ -190,3 +190,19 @@ def test_a_quant_made_with_other_options_is_made_again(done, mini_mnist, tmp_pat
     statuses = _statuses(out)
     assert statuses["lenet5: INT8 (cpu)"] == "ran" and statuses["lenet5: INT8 (tensorrt)"] == "complete already"
     assert json.loads((run / "quant.json").read_text())["model.int8-cpu.onnx"]["calib_size"] == 512
+
+
+def test_a_bench_killed_before_its_tables_and_plots_is_run_again(done, mini_mnist, tmp_path):
+    bench = done / "bench"
+    # bench.json is the marker of a finished bench: written after every other file of it
+    others = [p for p in bench.iterdir() if p.name != "bench.json"]
+    assert {"bench.csv", "bench.md"} <= {p.name for p in others}
+    assert all(p.stat().st_mtime_ns <= (bench / "bench.json").stat().st_mtime_ns for p in others)
+
+    out = tmp_path / "p"
+    shutil.copytree(done, out)
+    (out / "bench" / "bench.md").unlink()          # a kill after bench.json, as an older version wrote it first
+    run_pipeline(_config(out, mini_mnist), progress=False)
+    statuses = _statuses(out)
+    assert statuses["bench"] == "ran" and statuses["lenet5: train"] == "complete already"
+    assert (out / "bench" / "bench.md").is_file() and (out / "bench" / "bench.csv").is_file()

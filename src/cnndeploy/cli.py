@@ -84,8 +84,32 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text}")
+    return value
+
+
+SEED_MAX = 2**64 - 1  # torch.manual_seed's range
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64-1], got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in [1, 65535], got {text}")
     return value
 
 
@@ -124,7 +148,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=_fraction(0.0, 1.0, True),
                    help=f"fraction of steps spent warming up ({RECIPE})")
     p.add_argument("--device", choices=DEVICES, default=None, help=f"{DEVICE_HELP} (default: auto)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=_seed, default=None,
                    help="seed of the initial weights, data order and augmentation (default: 0)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help=f"{PRECISION_HELP} (default: auto)")
@@ -182,7 +206,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16-onnx", action="store_true",
                    help="with --onnx: also write model.fp16.onnx (FP16 weights and arithmetic, float32 in "
                         "and out; validated against PyTorch within 1e-3 + 1%% of the largest logit)")
-    p.add_argument("--opset", type=int, default=20, help="ONNX opset (17 or newer)")
+    p.add_argument("--opset", type=_positive_int, default=20,
+                   help="ONNX opset, from 17 up to the newest the installed torch.onnx exporter writes")
     p.add_argument("--out", help="ONNX path (default: RUN_DIR/model.onnx; one RUN_DIR only)")
     p.add_argument("--data-dir", help=f"where the test images used for validation are; {DATA_DIR_HELP}")
     t = p.add_argument_group("Triton Inference Server", "a model repository with one model per ONNX file "
@@ -214,7 +239,7 @@ def _add_quant(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-size", type=_positive_int, default=512, help="training images to calibrate on")
     p.add_argument("--method", default="minmax", choices=("minmax", "entropy", "percentile"),
                    help="how activation ranges are chosen from the calibration images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the calibration subset")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
 
 
@@ -230,10 +255,10 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amount", type=float, required=True, help="fraction of channels to remove, in (0, 1)")
     p.add_argument("--method", default="l2", choices=("l1", "l2", "taylor"),
                    help="channel importance: l1/l2 norm of the weights, or first-order Taylor")
-    p.add_argument("--finetune-epochs", type=int,
+    p.add_argument("--finetune-epochs", type=_positive_int,
                    help="default: 20%% of the original run's epochs, rounded down, at least 1")
     p.add_argument("--lr", type=_positive_float, help="fine-tune peak lr (default: a quarter of the original)")
-    p.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (0: off)")
+    p.add_argument("--round-to", type=_non_negative_int, default=8, help="keep channel counts multiples of this (0: off)")
     p.add_argument("--out", help="the new run directory (default: RUN_DIR-pruned<percent>)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
@@ -271,7 +296,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="batch sizes to time")
     p.add_argument("--threads", type=_positive_int,
                    help="intra-op threads for torch and onnxruntime (default: the libraries' own)")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="timing budget per row")
+    p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="timing budget per row")
     p.add_argument("--out", help="folder for the results (default: bench/ in the first RUN_DIR, where "
                                   "'cnndeploy serve' finds it)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
@@ -309,7 +334,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
                         "2-core CPU")
     p.add_argument("--epochs", help="N for every model, or per model: lenet5=6,resnet18=2 (default: recipes)")
     p.add_argument("--prune", type=float, default=0.5, help="fraction of channels to prune (0: skip pruning)")
-    p.add_argument("--finetune-epochs", type=int, help="default: 20%% of each model's epochs, rounded down, at least 1")
+    p.add_argument("--finetune-epochs", type=_positive_int, help="default: 20%% of each model's epochs, rounded down, at least 1")
     p.add_argument("--distill", action="store_true", help="fine-tune pruned models against the unpruned ones (KD)")
     p.add_argument("--backends", default="torch,ort,ort-cuda,tensorrt",
                    help="bench backends; absent ones appear as skipped rows")
@@ -317,10 +342,10 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
                    help="bench batch sizes")
     p.add_argument("--threads", type=_positive_int,
                    help="intra-op threads for torch and onnxruntime (default: the libraries' own)")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="timing budget per bench row")
+    p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="timing budget per bench row")
     p.add_argument("--device", default="auto", choices=DEVICES, help=f"training device; {DEVICE_HELP}")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--seed", type=_seed, default=0, help="training seed")
     p.add_argument("--out", default="runs/pipeline", help="folder for the run directories, bench and report.md")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -336,7 +361,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                          "cnndeploy serve runs/lenet5-mnist runs/lenet5-mnist-pruned50 --port 8080"))
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=f"one or more; {RUN_DIR_HELP}")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes the demo to the network: an explicit choice")
-    p.add_argument("--port", type=int, default=7860, help="TCP port to listen on")
+    p.add_argument("--port", type=_port, default=7860, help="TCP port to listen on")
     p.add_argument("--max-file-size", type=_size, default=5_000_000,
                    help="largest upload: bytes, or with a unit (5MB, 512kB)")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
@@ -435,6 +460,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if (args.fp16 or args.int8) and not args.trt:
         raise CnnDeployError("--fp16/--int8 choose the TensorRT engine's precision: add --trt "
                              "(an FP16 ONNX file is --onnx --fp16-onnx)")
+    if args.onnx:
+        from cnndeploy.export.onnx_export import check_opset
+
+        check_opset(args.opset)  # before any RUN_DIR is read
     args.run_dirs = _run_dirs(args.run_dirs)
     if args.out and len(args.run_dirs) > 1:
         raise CnnDeployError("--out names one ONNX file: give one RUN_DIR with it")

@@ -76,6 +76,21 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def ensure_dir(path: str | os.PathLike, *, what: str) -> Path:
+    """Create folder `path` (and its parents) or raise one WriteError saying why it cannot be written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise WriteError(f"{what} {p} is a file; expected a folder (new, or one to add results to)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"{what} {p}: cannot create the folder ({e.strerror or e}); expected a writable "
+                         "location") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise WriteError(f"{what} {p}: the folder is not writable; expected a writable location")
+    return p
+
+
 def read_json(path: str | os.PathLike, *, what: str) -> Any:
     """Read a JSON file, raising one clear error when it is missing or malformed."""
     from cnndeploy.errors import CheckpointError

@@ -25,7 +25,7 @@ from cnndeploy.artifacts import files as layout
 from cnndeploy.artifacts import records
 from cnndeploy.bench.harness import BenchConfig
 from cnndeploy.errors import CnnDeployError
-from cnndeploy.fileio import write_json_atomic
+from cnndeploy.fileio import ensure_dir, write_json_atomic
 from cnndeploy.quant.ptq import QuantConfig
 from cnndeploy.train.fit import fitted_batch_size
 from cnndeploy.train.prune import PruneConfig
@@ -133,7 +133,6 @@ def parse_epochs(text: str | int | None, models: list[str]) -> dict[str, int | N
 
 def _check(cfg: PipelineConfig) -> dict[str, int | None]:
     from cnndeploy.models import list_models
-    from cnndeploy.runtime.runners import check_backends
     from cnndeploy.train.fit import check_precision
 
     unknown = [m for m in cfg.models if m not in list_models()]
@@ -144,7 +143,7 @@ def _check(cfg: PipelineConfig) -> dict[str, int | None]:
     if cfg.prune is not None:
         cfg.prune.check()
     cfg.quant.check()
-    check_backends(cfg.bench.backends)
+    cfg.bench.check()
     check_precision(cfg.precision)
     return parse_epochs(cfg.epochs, cfg.models)
 
@@ -278,7 +277,9 @@ def _bench_stage(cfg: PipelineConfig, runs: list[Path], progress: bool) -> Stage
     def recorded() -> dict | None:
         data = records.read_bench(bench)
         return {**data["config"], "runs": data.get("runs")} if isinstance(data.get("config"), dict) else None
-    return Stage("bench", [bench / layout.BENCH], inputs,
+    # every file the bench writes: an interrupted bench has bench.json (written last) only if it finished
+    outputs = [bench / layout.BENCH, bench / "bench.csv", bench / "bench.md"]
+    return Stage("bench", outputs, inputs,
                  lambda: _logged_bench(runs, cfg, bench, progress), wanted, recorded)
 
 
@@ -295,7 +296,7 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> Path:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     stages, runs = plan(cfg, progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, what="--out")
     record: list[dict[str, Any]] = []
     total = len(stages) + 1
     for i, stage in enumerate(stages, 1):

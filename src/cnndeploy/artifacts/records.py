@@ -1,19 +1,30 @@
 """The JSON records of a run directory, each with one reader and one writer.
 
 Every record is JSON (never a pickle) in a folder users pass around, so readers accept only
-the shape the writers produce: a record that is absent or malformed reads as absent.
+the shape the writers produce. Every record is optional: an absent file reads as absent
+({} or None). A file that is present but is not JSON, is nested too deep, is not an object,
+or has a field of the wrong type is refused with one RecordError naming the file and the
+field, since reading it as absent would let a later write replace what it held (quant.json)
+or make a pruned run pass for an unpruned one (prune.json). bench.json's rows are the one
+exception: a row not in the schema is dropped and the others are kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cnndeploy.artifacts.files import BENCH, METRICS, PRUNE, QUANT
+from cnndeploy.errors import CheckpointError
 from cnndeploy.fileio import read_json, write_json_atomic
+
+
+class RecordError(CheckpointError):
+    """A JSON record of a run directory is present but not what cnndeploy writes."""
 
 
 class Record:
@@ -34,24 +45,73 @@ class Record:
     @classmethod
     def from_json(cls, data: Any):
         """The record, or None when `data` is not what the writer writes (missing or ill-typed fields)."""
-        if not isinstance(data, dict):
-            return None
-        try:
-            return cls(**{k: v for k, v in data.items() if k in _names(cls)})
-        except TypeError:
-            return None
+        return None if schema_problem(cls, data) else cls(**{k: v for k, v in data.items() if k in _names(cls)})
+
+    @classmethod
+    def parse(cls, data: Any, path: Path):
+        """The record in `data`, read from `path`; a RecordError naming the file and field if it is not one."""
+        problem = schema_problem(cls, data)
+        if problem:
+            raise _bad(path, problem)
+        return cls(**{k: v for k, v in data.items() if k in _names(cls)})
 
 
 def _names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+def _bad(path: Path, problem: str) -> RecordError:
+    return RecordError(f"{path} is not a record cnndeploy writes ({problem}); delete it to have it "
+                       "written again, or restore the original")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the type a record field is annotated with."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:  # JSON writes 1.0 as 1.0, but people and other tools write 1
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def schema_problem(cls: type, data: Any, *, partial: bool = False) -> str | None:
+    """What keeps `data` from being a `cls` record (the field and the type found), or None.
+
+    With `partial`, fields may be missing; those present must still have their type.
+    """
+    if not isinstance(data, dict):
+        return f"expected a JSON object, found {_kind(data)}"
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if not partial and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                return f"field '{f.name}' is missing"
+        elif not _fits(data[f.name], hints[f.name]):
+            return f"field '{f.name}' is {_kind(data[f.name])}"
+    return None
+
+
 def read_object(path: Path) -> dict[str, Any]:
-    """A JSON object from an optional file, {} when it is absent (a clear error when it is corrupt)."""
+    """A JSON object from an optional file: {} when absent; a RecordError when it is not an object,
+    and read_json's one-line error when it is not JSON (nested too deep included)."""
     if not path.is_file():
         return {}
     data = read_json(path, what=path.name)
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        raise _bad(path, f"expected a JSON object, found {_kind(data)}")
+    return data
 
 
 @dataclass
@@ -79,8 +139,14 @@ class TrainMetrics(Record):
 
 
 def read_metrics(run: Path) -> dict[str, Any]:
-    """metrics.json as written, {} when absent (a foreign or older file keeps whatever keys it has)."""
-    return read_object(Path(run) / METRICS)
+    """metrics.json as written, {} when absent. An older file may lack fields, but those it has must
+    have their type (a RecordError otherwise)."""
+    path = Path(run) / METRICS
+    data = read_object(path)
+    problem = schema_problem(TrainMetrics, data, partial=True)
+    if problem:
+        raise _bad(path, problem)
+    return data
 
 
 @dataclass
@@ -104,7 +170,9 @@ class PruneRecord(Record):
 
     @classmethod
     def read(cls, run: Path) -> "PruneRecord | None":
-        return cls.from_json(read_object(Path(run) / PRUNE))
+        """prune.json, None when absent (a run trained from scratch); a RecordError when malformed."""
+        path = Path(run) / PRUNE
+        return cls.parse(read_object(path), path) if path.is_file() else None
 
     def write(self, run: Path) -> None:
         write_json_atomic(Path(run) / PRUNE, self.to_json())
@@ -138,13 +206,15 @@ class QuantRecord(Record):
 
 
 def read_quant(run: Path) -> dict[str, dict[str, Any]]:
-    """quant.json: {file name: entry}; entries that are not objects are dropped."""
+    """quant.json: {file name: entry}, {} when absent; a RecordError when it or an entry is malformed
+    (quant rewrites the whole file, so a misread one would lose the other entries)."""
     path = Path(run) / QUANT
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-    except (ValueError, OSError):
-        data = {}
-    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+    data = read_object(path)
+    for name, entry in data.items():
+        problem = schema_problem(QuantRecord, entry, partial=True)
+        if problem:
+            raise _bad(path, f"entry '{name}': {problem}")
+    return data
 
 
 def write_quant_entry(run: Path, record: QuantRecord) -> None:
@@ -196,9 +266,12 @@ BENCH_COLUMNS = ("variant", "run", "file", "backend", "precision", "batch_size",
 
 def read_bench(folder: Path) -> dict[str, Any]:
     """bench.json: {"environment", "config", "runs", "rows": [BenchRow]}; rows not in the schema are dropped."""
-    data = read_object(Path(folder) / BENCH)
-    rows = data.get("rows") if isinstance(data.get("rows"), list) else []
-    return {**data, "rows": [r for r in map(BenchRow.from_json, rows) if r is not None]}
+    path = Path(folder) / BENCH
+    data = read_object(path)
+    for key, kind in (("rows", list), ("config", dict), ("environment", dict), ("runs", list)):
+        if key in data and not isinstance(data[key], kind):
+            raise _bad(path, f"field '{key}' is {_kind(data[key])}")
+    return {**data, "rows": [r for r in map(BenchRow.from_json, data.get("rows", [])) if r is not None]}
 
 
 def write_bench(folder: Path, rows: list[BenchRow], env: dict[str, Any], config: dict[str, Any],

@@ -25,7 +25,7 @@ from cnndeploy.bench.timing import sample_ns, spread, stats_from_ns
 from cnndeploy.data import dataset_for
 from cnndeploy.data.types import normalise
 from cnndeploy.errors import CnnDeployError
-from cnndeploy.fileio import write_bytes_atomic
+from cnndeploy.fileio import ensure_dir, write_bytes_atomic
 from cnndeploy.runtime.accuracy import measure_accuracy
 from cnndeploy.runtime.runners import KIND, check_backends, make_runner, on_gpu, skip_reason
 
@@ -41,6 +41,18 @@ class BenchConfig:
     min_seconds: float = 1.0        # timing budget per row, shared out over the rounds
     rounds: int = 3                 # interleaved timing rounds: their spread is the noise the flag allows for
     noise_floor: float = 0.02       # a gap below this is never flagged, however small the measured spread
+
+    def check(self) -> "BenchConfig":
+        check_backends(self.backends)
+        if not (isinstance(self.min_seconds, (int, float)) and 0 < self.min_seconds < float("inf")):
+            raise CnnDeployError(f"--min-seconds {self.min_seconds}: expected a positive number of seconds")
+        if self.rounds < 1 or self.noise_floor < 0:
+            raise CnnDeployError(f"bench: rounds {self.rounds} must be >= 1 and noise floor {self.noise_floor} >= 0")
+        if not self.batch_sizes or any(type(b) is not int or b < 1 for b in self.batch_sizes):
+            raise CnnDeployError(f"--batch-sizes {self.batch_sizes}: expected positive integers")
+        if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
+            raise CnnDeployError(f"--threads {self.threads}: expected a positive integer")
+        return self
 
 
 WARMUP = 3       # calls per batch size before any timing (lazy init, graph re-planning, allocations)
@@ -172,9 +184,7 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
     """Every variant of RUN_DIRs on every backend of `cfg`: rows written to OUT/bench.{json,csv,md}."""
     from cnndeploy.models.cost import run_cost
 
-    check_backends(cfg.backends)
-    if cfg.rounds < 1 or cfg.noise_floor < 0:
-        raise CnnDeployError(f"bench: rounds {cfg.rounds} must be >= 1 and noise floor {cfg.noise_floor} >= 0")
+    cfg.check()
     families: dict[str, list] = {}
     missing, parents, data = [], {}, {}
     known = {Path(rd).name: Path(rd) for rd in run_dirs}
@@ -188,6 +198,7 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
         families.setdefault(family_root(Path(rd), known).name, []).extend(
             (v, b) for v in variants for b in cfg.backends if KIND[b] == v.kind)
         missing += [(Path(rd).name, b) for b in cfg.backends if not any(KIND[b] == v.kind for v in variants)]
+    ensure_dir(Path(out), what="--out")  # before any measuring: an unwritable --out would lose it all
     rows = [BenchRow(variant=f"{run}:-", run=run, file=None, backend=b, precision=None, batch_size=None,
                      size_bytes=None, status=f"skipped: no {KIND[b]} file in {run} ({made_by(KIND[b])})")
             for run, b in missing]
@@ -210,8 +221,8 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
 
 
 def _write(out: Path, rows: list[BenchRow], env: dict, cfg: BenchConfig, runs: list[str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_bench(out, rows, env, dataclasses.asdict(cfg), runs)
+    """bench.json last: its presence is what says the bench finished (the pipeline checks it)."""
+    ensure_dir(out, what="--out")
     lines = [",".join(BENCH_COLUMNS)]
     for r in rows:
         lines.append(",".join(_csv_cell(r.get(c)) for c in BENCH_COLUMNS))
@@ -220,6 +231,7 @@ def _write(out: Path, rows: list[BenchRow], env: dict, cfg: BenchConfig, runs: l
     from cnndeploy.bench.plots import plot_all
 
     plot_all(rows, out)
+    write_bench(out, rows, env, dataclasses.asdict(cfg), runs)
 
 
 def _csv_cell(value: Any) -> str:

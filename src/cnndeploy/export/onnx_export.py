@@ -36,8 +36,22 @@ FP16 = "model.fp16.onnx"
 VALIDATION_BATCHES = (1, 7)
 
 
+def max_opset() -> int:
+    """The newest opset torch.onnx's exporter writes; a larger one would be recorded but not produced."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_MAX_OPSET", OPSET))
+
+
 class ExportError(CnnDeployError):
     """An export could not be produced or did not match the PyTorch model."""
+
+
+def check_opset(opset: int) -> None:
+    newest = max_opset()
+    if not 17 <= opset <= newest:
+        raise ExportError(f"--opset {opset}: expected 17 to {newest} (the opsets the installed torch.onnx "
+                          "exporter writes)")
 
 
 class Fp16Compute(torch.nn.Module):
@@ -142,8 +156,7 @@ def export_onnx(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = N
     With `fp16`, also model.fp16.onnx: FP16 arithmetic behind the same float32 interface,
     validated against the FP32 PyTorch model with FP16_ATOL/FP16_RTOL.
     """
-    if opset < 17:
-        raise ExportError(f"--opset {opset}: expected 17 or newer")
+    check_opset(opset)
     model, card = load_run(run_dir)
     images = validation_images(card, data_dir)
     final = Path(out) if out else Path(run_dir) / ONNX

@@ -95,6 +95,7 @@ def quantize_run(run_dir: str | os.PathLike, cfg: QuantConfig = QuantConfig(), *
     onnxruntime()  # onnxruntime.quantization comes with either flavour: one clear error without both
     run = Path(run_dir)
     card = ModelCard.read(run)
+    previous = read_quant(run)  # a malformed quant.json is refused before any work
     ds = dataset_for(card, data_dir=data_dir)  # once: calibration, and both evaluations
     images = calibration_images(card, size=cfg.calib_size, seed=cfg.seed, ds=ds)
     fp32 = run / ONNX
@@ -104,7 +105,7 @@ def quantize_run(run_dir: str | os.PathLike, cfg: QuantConfig = QuantConfig(), *
     out = run / QUANT_TARGETS[cfg.target]
     quantize_file(fp32, out, images, target=cfg.target, method=cfg.method)
     identity = {"fp32_sha256": sha256_file(fp32), "test_set_sha256": _test_set_digest(ds)}
-    base_accuracy = _measured_before(read_quant(run), identity)
+    base_accuracy = _measured_before(previous, identity)
     if base_accuracy is None:
         base_accuracy = evaluate.evaluate_onnx(fp32, ds=ds)["test_accuracy"]
     else:  # another target's quant measured this very file on these very images

@@ -180,6 +180,6 @@ def _recorded_data_dir(run_dirs: list[Path]) -> str | None:
     """The --data-dir the first run was trained with, if it still exists here."""
     for run in run_dirs:
         recorded = records.read_metrics(run).get("config", {}).get("data_dir")
-        if recorded and Path(recorded).is_dir():
+        if isinstance(recorded, str) and recorded and Path(recorded).is_dir():
             return recorded
     return None

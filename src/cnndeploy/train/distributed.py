@@ -190,7 +190,8 @@ def seed_rank(seed: int, epoch: int, rank: int) -> None:
     Ranks must not draw identical dropout masks for their different images, and a resumed run
     must draw the same masks again without storing W RNG states: both follow from (seed, epoch, rank).
     """
-    torch.manual_seed((seed * 1_000_003 + epoch) * 65_537 + rank)
+    # modulo 2**64, torch's seed range: any --seed it accepts stays valid here (smaller ones are unchanged)
+    torch.manual_seed(((seed * 1_000_003 + epoch) * 65_537 + rank) % 2**64)
 
 
 def data_parallel(model: nn.Module, dist: Dist, device: torch.device) -> nn.Module:

@@ -122,6 +122,11 @@ class PruneConfig:
             raise CnnDeployError(f"--amount {self.amount}: expected a fraction of channels in (0, 1)")
         if self.method not in METHODS:
             raise CnnDeployError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
+        # bool is an int: refuse it too, as JSON configs and library callers can pass one
+        if self.finetune_epochs is not None and (type(self.finetune_epochs) is not int or self.finetune_epochs < 1):
+            raise CnnDeployError(f"--finetune-epochs {self.finetune_epochs}: expected a positive integer")
+        if self.round_to is not None and (type(self.round_to) is not int or self.round_to < 0):
+            raise CnnDeployError(f"--round-to {self.round_to}: expected 0 (off) or a positive integer")
         return self
 
 
@@ -131,6 +136,7 @@ def prune_run(run_dir: str | os.PathLike, cfg: PruneConfig = PruneConfig(), *, o
     cfg.check()
     run = Path(run_dir)
     model, card = weights.load_run(run)
+    original = _recorded_config(run)  # read before the slow work: a malformed metrics.json stops here
     out_dir = Path(out) if out else run.with_name(layout.pruned_run_name(run.name, cfg.amount))
     if (out_dir / layout.METRICS).exists() or (out_dir / layout.CHECKPOINT).exists():
         raise CnnDeployError(f"{out_dir} already holds a run; choose another --out (nothing was overwritten)")
@@ -149,7 +155,6 @@ def prune_run(run_dir: str | os.PathLike, cfg: PruneConfig = PruneConfig(), *, o
              "fine-tune", card.model, before["macs"] / 1e6, pruned["macs"] / 1e6, before["params"] / 1e6,
              pruned["params"] / 1e6, 100 * before["test_accuracy"], 100 * pruned["test_accuracy"])
 
-    original = records.read_metrics(run).get("config", {})
     recipe = get_spec(card.model).recipe(card.dataset)
     epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else default_finetune_epochs(
         original.get("epochs") or recipe.epochs)
@@ -172,6 +177,15 @@ def prune_run(run_dir: str | os.PathLike, cfg: PruneConfig = PruneConfig(), *, o
         widths=dataclasses.asdict(train_cfg)["widths"], config=dataclasses.asdict(cfg))
     record.write(out_dir)
     return record
+
+
+def _recorded_config(run: Path) -> dict:
+    """The original run's recorded epochs, lr, batch size and precision, where they have a usable type
+    (the rest falls back to the recipe, as for a run without metrics.json)."""
+    config = records.read_metrics(run).get("config", {})
+    usable = {"epochs": int, "batch_size": int, "lr": (int, float), "precision": str}
+    return {k: v for k, v in config.items() if k in usable and isinstance(v, usable[k]) and not isinstance(v, bool)
+            and (isinstance(v, str) or v > 0)}
 
 
 def _accuracy(model: nn.Module, card: ModelCard, ds) -> float:
