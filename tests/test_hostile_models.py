@@ -24,7 +24,7 @@ from cnndeploy.runtime.classifier import Classifier, ModelFileError
 from cnndeploy.train.checkpoint import FORMAT
 from cnndeploy.train.fit import TrainConfig
 
-from test_reliability import cli, tiny_onnx, tiny_run
+from test_reliability import cli, memory_capped, tiny_onnx, tiny_run
 
 
 def _onnx(path: Path, *, batch="N", out_shape=("N", 10), reshape: list[int] | None = None) -> Path:
@@ -130,10 +130,7 @@ def test_bench_row_of_a_wrong_output_is_the_clear_message(tmp_path):
 
 # ---------------------------------------------------------------- ONNX: absurd declared sizes
 
-_LIMITED_CLASSIFY = """
-import resource, sys
-vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024
-resource.setrlimit(resource.RLIMIT_AS, (vm + (512 << 20), resource.RLIM_INFINITY))
+_LIMITED_CLASSIFY = memory_capped(512, probe=False) + """
 from cnndeploy.runtime.classifier import Classifier, ModelFileError
 import numpy as np
 try:
@@ -161,15 +158,7 @@ ABSURD_WIDTHS = {
     "conv-in-1M": {"conv": [6, 1_000_000]},
 }
 
-_LIMITED_EVAL = """
-import resource, sys
-vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024
-resource.setrlimit(resource.RLIMIT_AS, (vm + (768 << 20), resource.RLIM_INFINITY))
-try:
-    bytearray(1 << 30)
-    print('NO LIMIT')
-except MemoryError:
-    print('LIMIT OK')
+_LIMITED_EVAL = memory_capped(768) + """
 from cnndeploy.cli import main
 for args in (['eval', sys.argv[1]], ['export', sys.argv[1], '--onnx']):
     print('EXIT', main(args))

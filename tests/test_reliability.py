@@ -200,17 +200,21 @@ HOSTILE_SAFETENSORS = {
                                                      "data_offsets": [0, 16]}}, b"\0" * 16),
 }
 
-_LIMITED_LOAD = """
-import resource, sys
+def memory_capped(extra_mb: int, *, probe: bool = True) -> str:
+    """Python source that caps this process's address space at its size now + `extra_mb`; with
+    `probe`, it prints LIMIT OK once a 1 GB allocation has failed (the cap is really on)."""
+    code = ("import resource, sys\n"
+            "vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024\n"
+            f"resource.setrlimit(resource.RLIMIT_AS, (vm + ({extra_mb} << 20), resource.RLIM_INFINITY))\n")
+    if probe:
+        code += ("try:\n    bytearray(1 << 30)\n    print('NO LIMIT')\n"
+                 "except MemoryError:\n    print('LIMIT OK')\n")
+    return code
+
+
+_LIMITED_LOAD = memory_capped(768) + """
 from cnndeploy.errors import CheckpointError
 from cnndeploy.models.weights import load_tensors
-vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024
-resource.setrlimit(resource.RLIMIT_AS, (vm + (768 << 20), resource.RLIM_INFINITY))
-try:
-    bytearray(1 << 30)
-    print('NO LIMIT')
-except MemoryError:
-    print('LIMIT OK')
 for path in sys.argv[1:]:
     try:
         load_tensors(path)

@@ -47,8 +47,7 @@ class PipelineConfig:
     data_dir: str | None = None
     prune: PruneConfig | None = field(default_factory=PruneConfig)   # None: no pruned variants
     quant: QuantConfig = field(default_factory=QuantConfig)          # run for both targets
-    bench: BenchConfig = field(default_factory=lambda: BenchConfig(
-        backends=["torch", "ort", "ort-cuda", "tensorrt"], batch_sizes=[1, 32, 256]))
+    bench: BenchConfig = field(default_factory=lambda: default_bench())
 
     def train_config(self, model: str, out: Path, epochs: int | None):
         from cnndeploy.train.fit import TrainConfig
@@ -60,14 +59,18 @@ class PipelineConfig:
         return _plain(dataclasses.asdict(self))
 
 
+def default_bench() -> BenchConfig:
+    """The pipeline measures every backend it knows; the absent ones become skipped rows."""
+    return BenchConfig(backends=["torch", "ort", "ort-cuda", "tensorrt"], batch_sizes=[1, 32, 256])
+
+
 def pipeline_config(*, dataset: str, models: list[str], prune: float = 0.5, finetune_epochs: int | None = None,
                     distill: bool = False, backends: list[str] | None = None, batch_sizes: list[int] | None = None,
                     threads: int | None = None, min_seconds: float = 1.0, **common: Any) -> PipelineConfig:
     """A PipelineConfig from the command line's flat options (prune 0: no pruned variants)."""
     if not 0 <= prune < 1:
         raise CnnDeployError(f"--prune {prune}: expected a fraction of channels in [0, 1) (0 skips pruning)")
-    bench = PipelineConfig.__dataclass_fields__["bench"].default_factory()
-    bench = dataclasses.replace(bench, threads=threads, min_seconds=min_seconds,
+    bench = dataclasses.replace(default_bench(), threads=threads, min_seconds=min_seconds,
                                 **({"backends": backends} if backends else {}),
                                 **({"batch_sizes": batch_sizes} if batch_sizes else {}))
     pruning = PruneConfig(amount=prune, finetune_epochs=finetune_epochs, distill=distill) if prune else None
@@ -270,6 +273,8 @@ def plan(cfg: PipelineConfig, *, progress: bool = True) -> tuple[list[Stage], li
 
 
 def _bench_stage(cfg: PipelineConfig, runs: list[Path], progress: bool) -> Stage:
+    from cnndeploy.bench.harness import run_bench
+
     bench = Path(cfg.out) / layout.BENCH_DIR
     inputs = [p for run in runs for p in [run / layout.WEIGHTS, *run.glob("*.onnx"), *run.glob("*.engine")]]
     wanted = {**dataclasses.asdict(cfg.bench), "runs": [r.name for r in runs]}
@@ -280,13 +285,8 @@ def _bench_stage(cfg: PipelineConfig, runs: list[Path], progress: bool) -> Stage
     # every file the bench writes: an interrupted bench has bench.json (written last) only if it finished
     outputs = [bench / layout.BENCH, bench / "bench.csv", bench / "bench.md"]
     return Stage("bench", outputs, inputs,
-                 lambda: _logged_bench(runs, cfg, bench, progress), wanted, recorded)
-
-
-def _logged_bench(runs: list[Path], cfg: PipelineConfig, bench: Path, progress: bool) -> None:
-    from cnndeploy.bench.harness import run_bench
-
-    run_bench(runs, cfg.bench, out=bench, data_dir=cfg.data_dir, progress=progress)
+                 lambda: run_bench(runs, cfg.bench, out=bench, data_dir=cfg.data_dir, progress=progress),
+                 wanted, recorded)
 
 
 def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> Path:

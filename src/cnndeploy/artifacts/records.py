@@ -45,7 +45,7 @@ class Record:
     @classmethod
     def from_json(cls, data: Any):
         """The record, or None when `data` is not what the writer writes (missing or ill-typed fields)."""
-        return None if schema_problem(cls, data) else cls(**{k: v for k, v in data.items() if k in _names(cls)})
+        return None if schema_problem(cls, data) else cls._build(data)
 
     @classmethod
     def parse(cls, data: Any, path: Path):
@@ -53,7 +53,11 @@ class Record:
         problem = schema_problem(cls, data)
         if problem:
             raise _bad(path, problem)
-        return cls(**{k: v for k, v in data.items() if k in _names(cls)})
+        return cls._build(data)
+
+    @classmethod
+    def _build(cls, data: dict[str, Any]):
+        return cls(**{k: v for k, v in data.items() if k in _names(cls)})  # keys of newer writers are left out
 
 
 def _names(cls: type) -> set[str]:
@@ -70,13 +74,13 @@ def _kind(value: Any) -> str:
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value has the type a record field is annotated with."""
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the type a dataclass field is annotated with (bools are no numbers)."""
     if hint is Any:
         return True
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, h) for h in typing.get_args(hint))
+        return any(fits(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if hint is float:  # JSON writes 1.0 as 1.0, but people and other tools write 1
@@ -98,7 +102,7 @@ def schema_problem(cls: type, data: Any, *, partial: bool = False) -> str | None
         if f.name not in data:
             if not partial and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 return f"field '{f.name}' is missing"
-        elif not _fits(data[f.name], hints[f.name]):
+        elif not fits(data[f.name], hints[f.name]):
             return f"field '{f.name}' is {_kind(data[f.name])}"
     return None
 

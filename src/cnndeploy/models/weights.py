@@ -96,6 +96,7 @@ def build_from_card(card: ModelCard, where: str, *, weights_bytes: int | None = 
             with torch.device(device) if device else _nullcontext():
                 return create_model(card.model, card.num_classes, card.channels, card.height, card.width,
                                     **card.widths)
+        # NotImplementedError: an op with no meta-device kernel while the model is built on "meta"
         except (KeyError, ValueError, TypeError, RuntimeError, NotImplementedError) as e:
             msg = str(e.args[0] if e.args else e).splitlines()[0]
             raise CheckpointError(f"{where}: cannot build the model it describes ({msg})") from None

@@ -7,6 +7,7 @@ import json
 import logging
 import tempfile
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,22 +157,10 @@ def _check_same_run(state: dict, identity: dict, device: torch.device, out: Path
                              f"continue on {device.type}; pass --device {state['device_type']}")
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "None": type(None)}
-
-
-def _fits(value: Any, annotation: str) -> bool:
-    """Whether a JSON value fits a TrainConfig annotation such as 'int | None' (bools are not ints)."""
-    kinds = [_TYPES[part.strip()] for part in annotation.split("|")]
-    if isinstance(value, bool):
-        return bool in kinds
-    if isinstance(value, int) and float in kinds:
-        return True
-    return any(isinstance(value, k) for k in kinds)
-
-
 def check_saved_config(saved: dict, where: Path) -> None:
     """A checkpoint's config must have TrainConfig's fields and types: one line naming the field if not."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
     unknown = sorted(set(saved) - set(fields))
     if unknown:
         raise CheckpointError(f"{where}: malformed checkpoint state (unknown config field "
@@ -181,7 +170,7 @@ def check_saved_config(saved: dict, where: Path) -> None:
             if f.default is dataclasses.MISSING:
                 raise CheckpointError(f"{where}: malformed checkpoint state (config field {name!r} is missing)")
             continue
-        if not _fits(saved[name], str(f.type)):
+        if not records.fits(saved[name], hints[name]):
             raise CheckpointError(f"{where}: malformed checkpoint state (config field {name!r} must be "
                                   f"{f.type}, got {type(saved[name]).__name__})")
 
