@@ -15,6 +15,8 @@ import numpy as np
 
 from cnndeploy.data.paths import cache_dir
 from cnndeploy.data.types import ImageDataset
+from cnndeploy.data.walk import max_dataset_files, walk
+from cnndeploy.errors import DatasetError
 
 log = logging.getLogger("cnndeploy")
 FORMAT = 1
@@ -22,16 +24,19 @@ ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 
 
 def _fingerprint(path: Path) -> list:
-    """Identity of a source: size and mtime of the file, or of every file under the folder."""
+    """Identity of a source: size and mtime of the file, or of every file under the folder.
+
+    The folder is walked as the loaders walk it (links followed once, loops and broken links
+    recorded by name, the entry count bounded), so a hostile folder cannot hang or crash this.
+    """
     if path.is_file():
         st = path.stat()
         return [st.st_size, st.st_mtime_ns]
     rows = []
-    for dirpath, _, filenames in os.walk(path, followlinks=True):
-        for f in filenames:
-            st = (Path(dirpath) / f).stat()
-            rows.append([str((Path(dirpath) / f).relative_to(path)), st.st_size, st.st_mtime_ns])
-    return sorted(rows)
+    for e in walk(path, ".", max_dataset_files()):
+        if not e.is_dir:
+            rows.append([e.name, e.skip] if e.st is None else [e.name, e.st.st_size, e.st.st_mtime_ns])
+    return sorted(rows, key=str)
 
 
 def cache_key(kind: str, path: Path, **options) -> str:
@@ -79,8 +84,12 @@ def cached(kind: str, path: Path, load: Callable[[], ImageDataset], *, use_cache
     """Return the dataset from the cache, or load it and store it there."""
     if not use_cache:
         return load()
-    folder = cache_dir() / "arrays" / f"{kind}-{cache_key(kind, path, **options)}"
-    ds = _read(folder) if folder.is_dir() else None
+    try:
+        key = cache_key(kind, path, **options)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
+    folder = cache_dir() / "arrays" / f"{kind}-{key}"
+    ds = _read(folder)
     if ds is None:
         shutil.rmtree(folder, ignore_errors=True)  # drop a stale or damaged entry
         ds = load()
