@@ -89,6 +89,9 @@ def _members(source: Path, max_files: int, max_bytes: int) -> Iterator[list[_Mem
                 size = None if e.is_dir or e.st is None else e.st.st_size
                 read = None if e.is_dir or e.skip else partial(read_regular, e.path, MAX_FILE_BYTES)
                 listed.append(_Member(e.name, size, read, e.skip))
+                if len(listed) > max_files:   # walk bounds each split; this bounds them together
+                    raise DatasetError(f"{source}: holds more than {max_files:,} entries (raise "
+                                       "CNNDEPLOY_MAX_DATASET_FILES to load it)")
         yield listed
     elif source.name.lower().endswith(".zip"):
         with zipfile.ZipFile(source) as z:
@@ -241,7 +244,7 @@ def _check_decoded(source: Path, headers: dict[str, list], channels: int, size: 
     every = [h for hs in headers.values() for h in hs if h]
     decoded = sum(_source_bytes(h, channels) for h in every)
     stored = len(every) * channels * size[0] * size[1]
-    worst, what = max((decoded, "decode to"), (stored, "make arrays of"))
+    worst, what = (decoded, "decode to") if decoded >= stored else (stored, "make arrays of")
     if worst > max_bytes:
         raise DatasetError(f"{source}: its {len(every):,} images {what} {worst >> 20} MB, more than the "
                            f"{max_bytes >> 20} MB allowed; raise CNNDEPLOY_MAX_DATASET_MB to load it"

@@ -7,6 +7,7 @@ plus one byte, or visits a folder twice; what cannot be read is reported, not ra
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -63,7 +64,9 @@ def walk(top: Path, prefix: str, max_entries: int, seen: set[tuple[int, int]] | 
                 try:
                     st = d.stat()           # follows links: a dangling one or a loop raises
                 except OSError as e:
-                    yield Entry(name, path, False, None, f"unreadable or a broken link ({e.strerror or e})")
+                    broken = e.errno in (errno.ENOENT, errno.ELOOP)
+                    yield Entry(name, path, False, None, "a broken link or a link loop" if broken
+                                else f"unreadable ({e.strerror or e})")
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     key = (st.st_dev, st.st_ino)
