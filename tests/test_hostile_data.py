@@ -138,7 +138,7 @@ def test_archive_members_that_lie_about_their_size_are_read_only_to_the_declared
     with tarfile.open(fileobj=buf, mode="w:gz") as t:
         t.addfile(claim)          # the header only: the 2 GB it promises never follow
     (tmp_path / "claim.tar.gz").write_bytes(buf.getvalue())
-    with pytest.raises(DatasetError, match=r"its members add up to more than 1,000,000 entries or 1024 MB"):
+    with pytest.raises(DatasetError, match=r"its members add up to more than 1024 MB once inflated; raise CNNDEPLOY_MAX_DATASET_MB"):
         load_dataset(str(tmp_path / "claim.tar.gz"), use_cache=False)
 
 
@@ -319,3 +319,16 @@ def test_an_image_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch
     _deny_under(monkeypatch, tmp_path / "pets")
     with pytest.raises(DatasetError, match=r"pets: cannot read \(Permission denied\)"):
         load_dataset(str(tmp_path / "pets"))
+
+
+@pytest.mark.parametrize("member,size,expected", [
+    ("junk.bin", 2 << 30, "its members add up to more than 512 MB once inflated"),
+    ("cifar-10-batches-py/data_batch_1", 100 << 20, "declares 104,857,600 bytes, more than a CIFAR-10 batch"),
+])
+def test_cifar_archive_claims_are_bounded_before_inflating(member, size, expected, tmp_path):
+    claim = tarfile.TarInfo(member)
+    claim.size = size
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as t:
+        t.addfile(claim)          # the header only: what it promises never follows
+    with pytest.raises(DatasetError, match=expected):
+        load_dataset("cifar10", data_dir=tmp_path, use_cache=False)

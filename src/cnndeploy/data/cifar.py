@@ -20,6 +20,7 @@ TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 RECORD = 1 + 3 * 32 * 32  # binary format: one label byte, then 3072 pixel bytes
 MAX_BATCH_BYTES = 64 << 20  # a real batch is ~31 MB; a larger member is not CIFAR-10 (or a bomb)
+MAX_ARCHIVE_BYTES = 8 * MAX_BATCH_BYTES
 
 # The only globals a genuine CIFAR-10 pickle (or a numpy re-pickle of one) refers to.
 _ALLOWED = {
@@ -80,7 +81,12 @@ def _read_members(source: Path, names: list[str]) -> Callable[[str], bytes]:
     found: dict[str, bytes] = {}
     try:
         with tarfile.open(source, "r:*") as tar:
+            total = 0
             for m in tar:
+                total += m.size   # listing inflates every member: bound them all, not just the batches
+                if total > MAX_ARCHIVE_BYTES:
+                    raise DatasetError(f"{source}: its members add up to more than {MAX_ARCHIVE_BYTES >> 20} "
+                                       "MB once inflated; a CIFAR-10 archive holds about 180 MB")
                 base = m.name.rsplit("/", 1)[-1]
                 if m.isfile() and base in names:
                     if m.size > MAX_BATCH_BYTES:

@@ -97,8 +97,8 @@ def _members(source: Path, max_files: int, max_bytes: int) -> Iterator[list[_Mem
         with zipfile.ZipFile(source) as z:
             infos = z.infolist()
             if len(infos) > max_files:
-                raise DatasetError(f"{source}: holds {len(infos):,} members, more than the {max_files:,} "
-                                   "allowed (raise CNNDEPLOY_MAX_DATASET_FILES to load it)")
+                raise DatasetError(f"{source}: holds more than {max_files:,} members (raise "
+                                   "CNNDEPLOY_MAX_DATASET_FILES to load it)")
             yield [_Member(i.filename, None, None) if i.is_dir() else
                    _Member(i.filename, i.file_size, partial(_read_zip, z, i)) for i in infos]
     else:
@@ -106,19 +106,17 @@ def _members(source: Path, max_files: int, max_bytes: int) -> Iterator[list[_Mem
             listed, total = [], 0
             for m in tar:
                 total += m.size
-                if len(listed) >= max_files or total > max_bytes:
-                    raise DatasetError(f"{source}: its members add up to more than "
-                                       f"{_limit_text(max_files, max_bytes)}")
+                if len(listed) >= max_files:
+                    raise DatasetError(f"{source}: holds more than {max_files:,} members (raise "
+                                       "CNNDEPLOY_MAX_DATASET_FILES to load it)")
+                if total > max_bytes:   # listing a tarball inflates all of it, images or not
+                    raise DatasetError(f"{source}: its members add up to more than {max_bytes >> 20} MB "
+                                       "once inflated; raise CNNDEPLOY_MAX_DATASET_MB to load it")
                 if m.isdir():
                     listed.append(_Member(m.name, None, None))
                 elif m.isfile():
                     listed.append(_Member(m.name, m.size, partial(_read_tar, tar, m)))
             yield listed
-
-
-def _limit_text(max_files: int, max_bytes: int) -> str:
-    return (f"{max_files:,} entries or {max_bytes >> 20} MB once inflated (the limits; raise them with "
-            "CNNDEPLOY_MAX_DATASET_FILES and CNNDEPLOY_MAX_DATASET_MB)")
 
 
 def _read_zip(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:

@@ -107,13 +107,12 @@ def load_dataset(dataset: str | os.PathLike, *, data_dir: str | os.PathLike | No
         is_dir, is_archive = path.is_dir(), folder.is_archive(path)
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
-    if is_dir:
-        folder.split_dirs(path)   # refuses `/` or a home folder before anything walks it
-    elif not is_archive:
+    tree = folder.split_dirs(path) if is_dir else None   # refuses `/` before anything walks it
+    if not (is_dir or is_archive):
         raise DatasetError(f"unknown dataset {name!r}: expected 'mnist', 'cifar10', or a path to a "
                            "folder or .tar.gz/.zip archive laid out train/<class>/*, test/<class>/*")
     return cached("image-folder", path, lambda: folder.load_image_folder(path, image_size=image_size),
-                  use_cache=use_cache, image_size=image_size)
+                  use_cache=use_cache, tree=tree, image_size=image_size)
 
 
 def dataset_for(card: ModelCard, *, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
