@@ -15,27 +15,34 @@ import numpy as np
 
 from cnndeploy.data.paths import cache_dir
 from cnndeploy.data.types import ImageDataset
+from cnndeploy.data.walk import max_dataset_files, walk
+from cnndeploy.errors import DatasetError
 
 log = logging.getLogger("cnndeploy")
 FORMAT = 1
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 
 
-def _fingerprint(path: Path) -> list:
-    """Identity of a source: size and mtime of the file, or of every file under the folder."""
+def _fingerprint(path: Path, tree: list[tuple[str, Path]] | None = None) -> list:
+    """Identity of a source: size and mtime of the file, or of every file under the folder.
+
+    The folder is walked as the loaders walk it (links followed once, loops and broken links
+    recorded by name, the entry count bounded), so a hostile folder cannot hang or crash this.
+    `tree` names the (prefix, folder) parts to walk instead of all of `path`.
+    """
     if path.is_file():
         st = path.stat()
         return [st.st_size, st.st_mtime_ns]
-    rows = []
-    for dirpath, _, filenames in os.walk(path, followlinks=True):
-        for f in filenames:
-            st = (Path(dirpath) / f).stat()
-            rows.append([str((Path(dirpath) / f).relative_to(path)), st.st_size, st.st_mtime_ns])
-    return sorted(rows)
+    rows, seen = [], set()
+    for prefix, top in tree or [(".", path)]:
+        for e in walk(top, prefix, max_dataset_files(), seen):
+            if not e.is_dir:
+                rows.append([e.name, e.skip] if e.st is None else [e.name, e.st.st_size, e.st.st_mtime_ns])
+    return sorted(rows, key=str)
 
 
-def cache_key(kind: str, path: Path, **options) -> str:
-    blob = json.dumps([FORMAT, kind, str(path.resolve()), _fingerprint(path), options], sort_keys=True,
+def cache_key(kind: str, path: Path, tree: list[tuple[str, Path]] | None = None, **options) -> str:
+    blob = json.dumps([FORMAT, kind, str(path.resolve()), _fingerprint(path, tree), options], sort_keys=True,
                       default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -75,12 +82,18 @@ def _write(folder: Path, ds: ImageDataset) -> None:
 
 
 def cached(kind: str, path: Path, load: Callable[[], ImageDataset], *, use_cache: bool = True,
-           **options) -> ImageDataset:
-    """Return the dataset from the cache, or load it and store it there."""
+           tree: list[tuple[str, Path]] | None = None, **options) -> ImageDataset:
+    """Return the dataset from the cache, or load it and store it there.
+
+    `tree`: the (prefix, folder) parts of `path` the dataset is read from, if not all of it."""
     if not use_cache:
         return load()
-    folder = cache_dir() / "arrays" / f"{kind}-{cache_key(kind, path, **options)}"
-    ds = _read(folder) if folder.is_dir() else None
+    try:
+        key = cache_key(kind, path, tree, **options)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
+    folder = cache_dir() / "arrays" / f"{kind}-{key}"
+    ds = _read(folder)
     if ds is None:
         shutil.rmtree(folder, ignore_errors=True)  # drop a stale or damaged entry
         ds = load()

@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from cnndeploy.data.types import ImageDataset, check_split
+from cnndeploy.data.walk import Unusable, read_bounded, read_regular
 from cnndeploy.errors import DatasetError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -18,6 +19,8 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 RECORD = 1 + 3 * 32 * 32  # binary format: one label byte, then 3072 pixel bytes
+MAX_BATCH_BYTES = 64 << 20  # a real batch is ~31 MB; a larger member is not CIFAR-10 (or a bomb)
+MAX_ARCHIVE_BYTES = 8 * MAX_BATCH_BYTES
 
 # The only globals a genuine CIFAR-10 pickle (or a numpy re-pickle of one) refers to.
 _ALLOWED = {
@@ -68,15 +71,30 @@ def _read_members(source: Path, names: list[str]) -> Callable[[str], bytes]:
             p = source / name
             if not p.is_file():
                 raise DatasetError(f"{source}: missing {name}")
-            return p.read_bytes()
+            try:
+                return read_regular(p, MAX_BATCH_BYTES)
+            except Unusable as e:
+                raise DatasetError(f"{p}: {e.reason}; expected a CIFAR-10 batch file") from None
+            except OSError as e:
+                raise DatasetError(f"{p}: cannot read ({e.strerror or e})") from None
         return read_dir
     found: dict[str, bytes] = {}
     try:
         with tarfile.open(source, "r:*") as tar:
+            total = 0
             for m in tar:
+                total += m.size   # listing inflates every member: bound them all, not just the batches
+                if total > MAX_ARCHIVE_BYTES:
+                    raise DatasetError(f"{source}: its members add up to more than {MAX_ARCHIVE_BYTES >> 20} "
+                                       "MB once inflated; a CIFAR-10 archive holds about 180 MB")
                 base = m.name.rsplit("/", 1)[-1]
                 if m.isfile() and base in names:
-                    found[base] = tar.extractfile(m).read()
+                    if m.size > MAX_BATCH_BYTES:
+                        raise DatasetError(f"{source}: member {m.name} declares {m.size:,} bytes, more "
+                                           f"than a CIFAR-10 batch ({MAX_BATCH_BYTES >> 20} MB at most)")
+                    found[base] = read_bounded(tar.extractfile(m), MAX_BATCH_BYTES)
+    except Unusable as e:
+        raise DatasetError(f"{source}: a member is {e.reason}; expected CIFAR-10 batches") from None
     except (tarfile.TarError, OSError, EOFError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DatasetError(f"{source}: cannot read the archive ({first})") from None

@@ -54,6 +54,15 @@ def _find(name: str, root: Path) -> tuple[str, Path, Callable[[Path], ImageDatas
     return None
 
 
+def _probe(name: str, why: str, root: Path) -> tuple[str, Path, Callable[[Path], ImageDataset]] | None:
+    """_find in one root; a root that cannot be looked into (permission denied) is one clear line."""
+    try:
+        return _find(name, root) if root.exists() else None
+    except OSError as e:
+        raise DatasetError(f"{why}: {root}: cannot be read ({e.strerror or e}); expected a readable "
+                           f"folder holding {name}") from None
+
+
 def _not_found(name: str, roots: list[tuple[str, Path]]) -> DatasetError:
     looked = "; ".join(f"{why}: {p}" for why, p in roots)
     expected = ("the four MNIST IDX files (train-images-idx3-ubyte.gz, ...) in <dir>/mnist/ or "
@@ -71,11 +80,11 @@ def _not_found(name: str, roots: list[tuple[str, Path]]) -> DatasetError:
 def _load_named(name: str, roots: list[tuple[str, Path]], *, download: bool = False,
                 use_cache: bool = True) -> tuple[ImageDataset, str]:
     """The first of `roots` that holds dataset `name`, loaded, and how that root was chosen."""
-    hit = next(((why, h) for why, root in roots if root.exists() and (h := _find(name, root))), None)
+    hit = next(((why, h) for why, root in roots if (h := _probe(name, why, root))), None)
     if hit is None and download:
         why, root = roots[0]
         fetch(name, root)
-        hit = (why, h) if (h := _find(name, root)) else None
+        hit = (why, h) if (h := _probe(name, why, root)) else None
     if hit is None:
         raise _not_found(name, roots)
     why, (kind, path, loader) = hit
@@ -94,11 +103,16 @@ def load_dataset(dataset: str | os.PathLike, *, data_dir: str | os.PathLike | No
     if name in NAMED:
         return _load_named(name, data_roots(data_dir), download=download, use_cache=use_cache)[0]
     path = Path(name).expanduser().resolve()
-    if not (path.is_dir() or folder.is_archive(path)):
+    try:
+        is_dir, is_archive = path.is_dir(), folder.is_archive(path)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
+    tree = folder.split_dirs(path) if is_dir else None   # refuses `/` before anything walks it
+    if not (is_dir or is_archive):
         raise DatasetError(f"unknown dataset {name!r}: expected 'mnist', 'cifar10', or a path to a "
                            "folder or .tar.gz/.zip archive laid out train/<class>/*, test/<class>/*")
     return cached("image-folder", path, lambda: folder.load_image_folder(path, image_size=image_size),
-                  use_cache=use_cache, image_size=image_size)
+                  use_cache=use_cache, tree=tree, image_size=image_size)
 
 
 def dataset_for(card: ModelCard, *, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
@@ -118,8 +132,15 @@ def dataset_for(card: ModelCard, *, dataset: str | None = None, data_dir: str | 
             roots.insert(len(roots) - 1, (RECORDED, Path(recorded)))  # the user cache stays last
         ds, why = _load_named(name, roots)
     else:
-        ds = load_dataset(dataset or recorded or card.dataset, image_size=(card.height, card.width))
         why = "--dataset" if dataset else (RECORDED if recorded else "the model's dataset")
+        try:
+            ds = load_dataset(dataset or recorded or card.dataset, image_size=(card.height, card.width))
+        except DatasetError as e:
+            if why != RECORDED:
+                raise
+            # model.json is untrusted input too: say where the path came from and the way out
+            raise DatasetError(f"{e} (the dataset_path recorded in model.json; pass --dataset PATH "
+                               "to use another)") from None
     check_matches(ds, card)
     if (str(ds.path), why) not in _announced:  # once per process: bench and the pipeline ask per run
         _announced.add((str(ds.path), why))
