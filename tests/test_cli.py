@@ -178,3 +178,25 @@ def test_pipeline_help_says_its_default_models_take_over_an_hour(capsys):
     with pytest.raises(SystemExit):
         main(["pipeline", "--help"])
     assert "take over an hour on a 2-core CPU" in " ".join(capsys.readouterr().out.split())
+
+
+def test_reproduce_table1_sweep_trains_recipes_concurrently(mini_mnist, tmp_path):
+    """--sweep starts one `cnndeploy train` process per recipe at once and names the best one."""
+    proc = _run("benchmarks/reproduce_table1.py", "--smoke", "--pair", "lenet5:mnist", "--sweep", "base,ema",
+                "--data-dir", str(mini_mnist), "--out", str(tmp_path), "--runs-dir", str(tmp_path / "runs"),
+                timeout=120)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    report = json.loads((tmp_path / "table1-smoke-sweep-lenet5-mnist.json").read_text())
+    runs = {r["recipe"]: r for r in report["runs"]}
+    assert set(runs) == {"base", "ema"} and not any(r.get("failed") for r in runs.values())
+    assert report["sweep"]["winner"] == max(runs, key=lambda n: runs[n]["test_accuracy"])
+    assert report["sweep"]["concurrent"] == 2 and report["sweep"]["threads_each"] == 1
+    configs = {n: json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["config"] for n, r in runs.items()}
+    assert configs["base"]["ema"] == 0.0 and configs["ema"]["ema"] == 0.999
+    assert all(c["epochs"] == 1 and c["subset"] == 256 for c in configs.values())
+    assert Path(runs["ema"]["log"]).read_text().strip()            # each process's output kept
+    # concurrent: every run started before any of them ended
+    assert max(r["started_after_s"] for r in runs.values()) < min(
+        r["started_after_s"] + r["seconds"] for r in runs.values())
+    md = (tmp_path / "table1-smoke-sweep-lenet5-mnist.md").read_text()
+    assert "| ema | `--ema 0.999` | lenet5 | mnist |" in md and f"**{report['sweep']['winner']}**" in md
