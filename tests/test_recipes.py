@@ -161,6 +161,10 @@ def test_erasing_sets_pixels_to_the_mean_and_p0_draws_nothing():
     assert torch.equal(g0.get_state(), g1.get_state())                   # p=0: the stream is untouched
     erased = next(split.batches(32, generator=torch.Generator().manual_seed(1), augment=Augment(erase=1.0)))[0]
     assert ((erased == 0).flatten(1).any(1)).all()                       # every image, mean colour 0
+    rgb = rng.integers(1, 256, size=(32, 3, 8, 8), dtype=np.uint8)
+    nhwc = DeviceSplit(rgb, y, mean=[0.0] * 3, std=[1.0] * 3, device=torch.device("cpu"), channels_last=True)
+    batch = next(nhwc.batches(8, generator=torch.Generator().manual_seed(1), augment=Augment(erase=1.0)))[0]
+    assert batch.is_contiguous(memory_format=torch.channels_last)         # the layout the GPU is fast in
 
 
 # --- schedules ---------------------------------------------------------------------------------

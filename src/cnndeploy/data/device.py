@@ -95,8 +95,11 @@ def erase_mask(n: int, h: int, w: int, p: float, generator: torch.Generator, dev
 
 
 def erase_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Set the masked pixels of a normalised batch to 0, the dataset's mean colour (timm's 'const')."""
-    return x.masked_fill(mask, 0.0)
+    """Set the masked pixels of a normalised batch to 0, the dataset's mean colour (timm's 'const').
+
+    In place (the batch is a fresh tensor), which keeps its memory format (channels_last).
+    """
+    return x.masked_fill_(mask, 0.0)
 
 
 class DeviceSplit:
