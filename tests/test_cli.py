@@ -178,3 +178,52 @@ def test_pipeline_help_says_its_default_models_take_over_an_hour(capsys):
     with pytest.raises(SystemExit):
         main(["pipeline", "--help"])
     assert "take over an hour on a 2-core CPU" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.slow
+def test_reproduce_table1_sweep_trains_recipes_concurrently(mini_mnist, tmp_path):
+    """--sweep starts one `cnndeploy train` process per recipe at once and names the best one."""
+    proc = _run("benchmarks/reproduce_table1.py", "--smoke", "--pair", "lenet5:mnist", "--sweep", "base,ema",
+                "--data-dir", str(mini_mnist), "--out", str(tmp_path), "--runs-dir", str(tmp_path / "runs"),
+                timeout=120)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    report = json.loads((tmp_path / "table1-smoke-sweep-lenet5-mnist.json").read_text())
+    runs = {r["recipe"]: r for r in report["runs"]}
+    assert set(runs) == {"base", "ema"} and not any(r.get("failed") for r in runs.values())
+    assert report["sweep"]["winner"] == max(runs, key=lambda n: runs[n]["test_accuracy"])
+    assert report["sweep"]["concurrent"] == 2 and report["sweep"]["threads_each"] == 1
+    configs = {n: json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["config"] for n, r in runs.items()}
+    assert configs["base"]["ema"] == 0.0 and configs["ema"]["ema"] == 0.999
+    assert all(c["epochs"] == 1 and c["subset"] == 256 for c in configs.values())
+    assert Path(runs["ema"]["log"]).read_text().strip()            # each process's output kept
+    # concurrent: every run started before any of them ended
+    assert max(r["started_after_s"] for r in runs.values()) < min(
+        r["started_after_s"] + r["seconds"] for r in runs.values())
+    md = (tmp_path / "table1-smoke-sweep-lenet5-mnist.md").read_text()
+    assert "| ema | `--ema 0.999` | lenet5 | mnist |" in md and f"**{report['sweep']['winner']}**" in md
+
+
+@pytest.mark.slow
+def test_compression_accuracy_smoke_on_a_given_run(mini_mnist, tmp_path):
+    """Both INT8 flavours, prune + fine-tune with and without --distill, pruned + INT8: each measured
+    from its file; the given run directory is left as it was."""
+    from cnndeploy.train.fit import TrainConfig, train
+
+    run = tmp_path / "lenet"
+    train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), data_dir=str(mini_mnist), device="cpu",
+                      epochs=1, subset=256, batch_size=64), progress=False)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    proc = _run("benchmarks/compression_accuracy.py", "--smoke", "--run", str(run), "--data-dir", str(mini_mnist),
+                "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert before == {p.name: p.read_bytes() for p in run.iterdir()}
+    result = json.loads((tmp_path / "out" / "compression-accuracy-lenet5-mnist-smoke.json").read_text())
+    variants = {"fp32", "int8-cpu", "int8-trt", "pruned", "pruned int8-cpu", "pruned-distill",
+                "pruned-distill int8-cpu"}
+    assert set(result["accuracy"]) == variants and all(0 <= a <= 1 for a in result["accuracy"].values())
+    assert result["finetune_epochs"] == {"pruned": 1, "pruned-distill": 1}
+    distilled = json.loads((tmp_path / "work" / "lenet-pruned50-distill" / "prune.json").read_text())
+    assert distilled["finetune_teacher"] and not json.loads(
+        (tmp_path / "work" / "lenet-pruned50" / "prune.json").read_text())["finetune_teacher"]
+    assert result["macs"]["pruned"] < result["macs"]["unpruned"]
+    assert "| pruned-distill int8-cpu |" in (tmp_path / "out" / "compression-accuracy-lenet5-mnist-smoke.md").read_text()

@@ -86,14 +86,15 @@ def _state(run: Path) -> dict:
 
 # --- the data split, in process ----------------------------------------------------------------
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_rank_shards_together_are_the_single_process_batches(world):
-    """Same images, crops and flips per global batch, and the generator ends in the same state."""
+@pytest.mark.parametrize("world,erase", [(2, 0.0), (3, 0.0), (2, 0.5)])
+def test_rank_shards_together_are_the_single_process_batches(world, erase):
+    """Same images, crops, flips and erased rectangles per global batch, and the generator ends in
+    the same state."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(50, 3, 8, 8), dtype=np.uint8)
     y = rng.integers(0, 10, size=50).astype(np.int64)
     args = dict(mean=[0.5] * 3, std=[0.25] * 3, device=torch.device("cpu"))
-    aug, batch = Augment(pad=4, flip=True), 12
+    aug, batch = Augment(pad=4, flip=True, erase=erase), 12
     gen = torch.Generator().manual_seed(7)
     single = list(DeviceSplit(x, y, **args).batches(batch, generator=gen, augment=aug, drop_last=True))
     ranks = []

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 MODELS = ("lenet5", "alexnet", "resnet18", "resnet20", "resnet56")  # checked against the registry in tests
 PRECISIONS = ("auto", "fp32", "bf16")  # train/loop.py's, without importing torch here
+SCHEDULES = ("linear", "cosine", "onecycle")  # train/schedule.py's
 PRECISION_HELP = ("training compute; auto: bf16 on CUDA, fp32 on CPU (bf16 there pays on CPUs with "
                   "AVX512-BF16/AMX); evaluation is always fp32")
 DEVICES = ("auto", "cpu", "cuda")
@@ -123,6 +124,13 @@ def _fraction(low: float, high: float, closed_high: bool):
     return parse
 
 
+def _ema_decay(text: str) -> float:
+    value = float(text)
+    if not (value == 0 or 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"expected a decay in (0, 1), or 0 for off, got {text}")
+    return value
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     # Options that are TrainConfig fields default to None, so that "typed" is "not None": --resume
     # refuses typed values that differ from the saved run's. Their help states the effective default.
@@ -147,6 +155,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help=f"in [0, 1) ({RECIPE})")
     p.add_argument("--warmup", type=_fraction(0.0, 1.0, True),
                    help=f"fraction of steps spent warming up ({RECIPE})")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help=f"learning rate after the warm-up: linear or cosine decay to zero, or onecycle "
+                        f"(cosine up from lr/25 over the warm-up, cosine down to lr/250000) ({RECIPE}; "
+                        "linear for every model today)")
+    p.add_argument("--ema", type=_ema_decay, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (decay in (0, 1), such as 0.999, "
+                        "warmed up as timm's); it is evaluated each epoch and saved as the model, the raw "
+                        f"weights stay in the checkpoint; 0: off ({RECIPE}; off for every model today)")
+    p.add_argument("--random-erasing", type=_fraction(0.0, 1.0, True), metavar="P",
+                   help="probability of erasing one random rectangle (2-33%% of the image) of each training "
+                        f"image to the mean colour ({RECIPE}; 0 for every model today)")
     p.add_argument("--device", choices=DEVICES, default=None, help=f"{DEVICE_HELP} (default: auto)")
     p.add_argument("--seed", type=_seed, default=None,
                    help="seed of the initial weights, data order and augmentation (default: 0)")

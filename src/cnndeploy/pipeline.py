@@ -27,7 +27,7 @@ from cnndeploy.bench.harness import BenchConfig
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import ensure_dir, write_json_atomic
 from cnndeploy.quant.ptq import QuantConfig
-from cnndeploy.train.fit import fitted_batch_size
+from cnndeploy.train.fit import fitted_batch_size, with_later_fields
 from cnndeploy.train.prune import PruneConfig
 
 log = logging.getLogger("cnndeploy")
@@ -177,7 +177,7 @@ def _check_finished_run(cfg: PipelineConfig, model: str, run: Path, epochs: int 
         raise CnnDeployError(f"{run} was trained for {done.get('epochs')} epochs, not the {epochs} asked for; "
                              "choose another --out (nothing was changed)")
     wanted = dataclasses.asdict(cfg.train_config(model, run, epochs).resolved())
-    recorded = done.get("config") or {}
+    recorded = with_later_fields(done.get("config") or {})  # runs from before those fields existed
     if isinstance(wanted.get("batch_size"), int) and isinstance(done.get("train_images"), int):
         # a batch larger than the training split was trained (and recorded) as the whole split
         wanted["batch_size"] = fitted_batch_size(wanted["batch_size"], done["train_images"],

@@ -1,11 +1,13 @@
 """A whole split as one uint8 tensor on the training device, with augmentation as tensor ops.
 
 As in airbench: no DataLoader, no per-sample Python. Each batch is an index into the
-resident tensor, cropped and flipped for the whole batch at once, then normalised.
+resident tensor, cropped and flipped for the whole batch at once, normalised, then (optionally)
+randomly erased.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 class Augment:
     pad: int = 0          # random crop of the original size from the image padded by `pad` pixels
     flip: bool = False    # random horizontal flip (CIFAR-10 only: digits are not symmetric)
+    erase: float = 0.0    # random erasing: probability that an image gets one rectangle set to the mean
 
 
 def augment_for(dataset: str) -> Augment:
@@ -64,6 +67,41 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return flip_where(x, flip_mask(x.shape[0], generator, x.device))
 
 
+# timm's RandomErasing defaults: a rectangle of 2%-33% of the image, aspect ratio 0.3-3.3.
+ERASE_AREA = (0.02, 1 / 3)
+ERASE_LOG_ASPECT = (math.log(0.3), math.log(1 / 0.3))
+
+
+def erase_mask(n: int, h: int, w: int, p: float, generator: torch.Generator, device: torch.device
+               ) -> torch.Tensor:
+    """For each of `n` images, with probability `p`, one random rectangle: a bool mask [n, 1, h, w].
+
+    Drawn for the whole batch at once. Where timm retries a rectangle that does not fit, this
+    clips its sides to the image, which keeps it one draw per image.
+    """
+    u = torch.rand(n, 5, generator=generator, device=device)
+    area = h * w * (ERASE_AREA[0] + (ERASE_AREA[1] - ERASE_AREA[0]) * u[:, 0])
+    aspect = torch.exp(ERASE_LOG_ASPECT[0] + (ERASE_LOG_ASPECT[1] - ERASE_LOG_ASPECT[0]) * u[:, 1])
+    eh = torch.sqrt(area * aspect).round().clamp(1, h)
+    ew = torch.sqrt(area / aspect).round().clamp(1, w)
+    top = ((h - eh + 1) * u[:, 2]).floor().clamp(max=h - eh)
+    left = ((w - ew + 1) * u[:, 3]).floor().clamp(max=w - ew)
+    rows = torch.arange(h, device=device)[None, :]
+    cols = torch.arange(w, device=device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])      # [n, h]
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])    # [n, w]
+    chosen = (u[:, 4] < p)[:, None, None]
+    return (in_rows[:, :, None] & in_cols[:, None, :] & chosen)[:, None]
+
+
+def erase_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Set the masked pixels of a normalised batch to 0, the dataset's mean colour (timm's 'const').
+
+    In place (the batch is a fresh tensor), which keeps its memory format (channels_last).
+    """
+    return x.masked_fill_(mask, 0.0)
+
+
 class DeviceSplit:
     """Images (uint8) and labels of one split, resident on `device`."""
 
@@ -104,7 +142,11 @@ class DeviceSplit:
                 x = random_crop(x, augment.pad, generator)
             if generator is not None and augment.flip:
                 x = random_flip(x, generator)
-            yield self.normalize(x), y
+            x = self.normalize(x)
+            if generator is not None and augment.erase:
+                x = erase_where(x, erase_mask(len(x), x.shape[2], x.shape[3], augment.erase, generator,
+                                              x.device))
+            yield x, y
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)
@@ -163,4 +205,8 @@ class ShardedSplit:
                 x = crop_at(x, augment.pad, dy[lo:hi], dx[lo:hi])
             if augment.flip:
                 x = flip_where(x, flip_mask(batch_size, generator, self.device)[lo:hi])
-            yield shard.normalize(x), y
+            x = shard.normalize(x)
+            if augment.erase:
+                x = erase_where(x, erase_mask(batch_size, x.shape[2], x.shape[3], augment.erase, generator,
+                                              self.device)[lo:hi])
+            yield x, y

@@ -18,10 +18,13 @@ class Recipe:
 
     epochs: int
     batch_size: int          # images per optimizer step
-    lr: float                # peak learning rate of the warm-up + linear-decay schedule
+    lr: float                # peak learning rate of the warm-up + decay schedule
     weight_decay: float = 5e-4   # L2 on conv/linear weights only (not BN, not biases)
     label_smoothing: float = 0.1
     warmup: float = 0.15     # fraction of all steps spent warming up linearly
+    schedule: str = "linear"     # after the warm-up: linear, cosine (both to zero) or onecycle
+    ema: float = 0.0         # decay of the weights' moving average that is evaluated and saved; 0: off
+    random_erasing: float = 0.0  # probability of erasing a random rectangle of a training image
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,11 @@ FORMAT = "cnndeploy-checkpoint/1"
 
 
 def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+                    rng: dict[str, torch.Tensor], state: dict[str, Any], ema: nn.Module | None = None) -> None:
+    """`model` is the raw (trained) weights; `ema`, when given, the moving average of them."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     opt = optimizer.state_dict()
     for pid, pstate in opt["state"].items():
         for key, value in pstate.items():
@@ -108,14 +111,24 @@ def _brief(value: Any) -> str:
     return f"{type(value).__name__} {text[:40]}".strip()
 
 
-def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore model and optimizer in place; return the RNG tensors and the JSON state."""
+def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    ema: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore model, optimizer and (when given) the weights' moving average in place; return the
+    RNG tensors and the JSON state. A run with an average must find one of the same architecture."""
     tensors, meta = load_tensors(path)
     state = _state(meta, path)
     device = next(model.parameters()).device
     load_state_dict_checked(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                             str(path))
+    averaged = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    if ema is not None and not averaged:
+        raise CheckpointError(f"{path}: malformed checkpoint state (the run averages its weights (ema) "
+                              "but the checkpoint holds no ema.* tensors)")
+    if ema is None and averaged:
+        raise CheckpointError(f"{path}: malformed checkpoint state (it holds ema.* tensors but the run's "
+                              "config has ema 0)")
+    if ema is not None:
+        load_state_dict_checked(ema, averaged, f"{path} (ema.*)")
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     try:
         for k, v in tensors.items():

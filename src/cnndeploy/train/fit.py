@@ -29,7 +29,8 @@ from cnndeploy.train import distributed
 from cnndeploy.train.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from cnndeploy.train.distributed import Dist
 from cnndeploy.train.loop import PRECISIONS, evaluate, train_one_epoch, uses_bf16
-from cnndeploy.train.schedule import lr_at
+from cnndeploy.train.ema import ModelEma
+from cnndeploy.train.schedule import SCHEDULES, lr_at
 
 log = logging.getLogger("cnndeploy")
 
@@ -45,6 +46,9 @@ class TrainConfig:
     weight_decay: float | None = None
     label_smoothing: float | None = None
     warmup: float | None = None
+    schedule: str | None = None        # linear, cosine or onecycle after the warm-up
+    ema: float | None = None           # decay of the weights' moving average (the saved model); 0: off
+    random_erasing: float | None = None  # probability of erasing a rectangle of each training image
     seed: int = 0
     device: str = "auto"
     compile: bool = False
@@ -65,9 +69,28 @@ class TrainConfig:
         return dataclasses.replace(self, **fills)
 
 
+# Fields added after runs were first recorded, with the value those runs trained with: a checkpoint
+# or metrics.json without them is read as today's defaults, never as "from the recipe".
+LATER_FIELDS: dict[str, Any] = {"schedule": "linear", "ema": 0.0, "random_erasing": 0.0}
+
+
+def with_later_fields(config: dict[str, Any]) -> dict[str, Any]:
+    return {**LATER_FIELDS, **config}
+
+
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise CnnDeployError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+
+
+def check_recipe_options(cfg: TrainConfig) -> None:
+    """The schedule, EMA and erasing values of a resolved config (also one built through the API)."""
+    if cfg.schedule not in SCHEDULES:
+        raise CnnDeployError(f"schedule {cfg.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if not (records.fits(cfg.ema, float) and (cfg.ema == 0 or 0 < cfg.ema < 1)):
+        raise CnnDeployError(f"ema {cfg.ema!r}: expected 0 (off) or a decay in (0, 1), such as 0.999")
+    if not (records.fits(cfg.random_erasing, float) and 0 <= cfg.random_erasing <= 1):
+        raise CnnDeployError(f"random_erasing {cfg.random_erasing!r}: expected a probability in [0, 1]")
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -179,6 +202,7 @@ def _resume_config(out: Path, cfg: TrainConfig, explicit: set[str]) -> TrainConf
     saved = checkpoint_state(out / layout.CHECKPOINT).get("config")
     if not saved:
         raise CnnDeployError(f"{out / layout.CHECKPOINT} holds no training config; cannot resume")
+    saved = with_later_fields(saved)
     check_saved_config(saved, out / layout.CHECKPOINT)
     clash = {k: (saved[k], getattr(cfg, k)) for k in explicit
              if k in saved and k not in ("device", "data_dir", "precision", "out", "dataset")
@@ -267,17 +291,17 @@ def _splits(ds: ImageDataset, device: torch.device, dist: Dist,
 
 
 def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     dist: Dist) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                     dist: Dist, ema: nn.Module | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Rank 0 reads the checkpoint; the other ranks load the very bytes it read (no shared disk needed)."""
     if dist.world_size == 1:
-        return load_checkpoint(path, model=model, optimizer=optimizer)
+        return load_checkpoint(path, model=model, optimizer=optimizer, ema=ema)
     data = dist.bytes_from_main(path.read_bytes)
     if dist.is_main:
-        return load_checkpoint(path, model=model, optimizer=optimizer)
+        return load_checkpoint(path, model=model, optimizer=optimizer, ema=ema)
     with tempfile.TemporaryDirectory(prefix="cnndeploy-ckpt-") as tmp:
         copy = Path(tmp) / path.name
         copy.write_bytes(data)
-        return load_checkpoint(copy, model=model, optimizer=optimizer)
+        return load_checkpoint(copy, model=model, optimizer=optimizer, ema=ema)
 
 
 def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
@@ -286,6 +310,7 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
     saved, resuming = dist.from_main(lambda: _resolve(out, cfg, resume, explicit))
     cfg = TrainConfig(**saved)
     check_precision(cfg.precision)  # also a resumed or API-built config
+    check_recipe_options(cfg)
     device = dist.local_device(pick_device(cfg.device))
     t_start = time.perf_counter()
     ds = _subset(load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download),
@@ -315,13 +340,18 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     steps_per_epoch = train_split.num_batches(cfg.batch_size, drop_last=True)
-    schedule = dict(total_steps=cfg.epochs * steps_per_epoch, peak=cfg.lr, warmup=cfg.warmup)
+    schedule = dict(total_steps=cfg.epochs * steps_per_epoch, peak=cfg.lr, warmup=cfg.warmup,
+                    schedule=cfg.schedule)
+    augment = dataclasses.replace(augment_for(ds.name), erase=cfg.random_erasing)
+    # made from the seeded (or initial) weights; a resumed run then loads the saved average
+    ema = ModelEma(model, cfg.ema) if cfg.ema else None
 
     identity = {"source": ds.source, "train_images": len(ds.train_y), "test_images": len(ds.test_y),
                 "classes": ds.classes}
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "seconds_in_epochs": 0.0}
     if resuming:
-        rng, state = _load_checkpoint(out / layout.CHECKPOINT, model, optimizer, dist)
+        rng, state = _load_checkpoint(out / layout.CHECKPOINT, model, optimizer, dist,
+                                      ema.module if ema else None)
         _check_same_run(state, identity, device, out)
         _set_rng_state(rng, gen, device)
         log.info("resuming %s after epoch %d of %d", out, state["epoch"], cfg.epochs)
@@ -338,26 +368,32 @@ def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
             distributed.seed_rank(cfg.seed, epoch, dist.rank)
         stats = train_one_epoch(step_model, train_split, optimizer,
                                 lr_at=lambda s: lr_at(s, **schedule), step=state["step"], epoch=epoch,
-                                batch_size=cfg.batch_size, augment=augment_for(ds.name),
+                                batch_size=cfg.batch_size, augment=augment,
                                 generator=gen, loss_fn=loss_fn, precision=cfg.precision, teacher=teacher,
-                                progress=progress)
+                                ema=ema, progress=progress)
         stats.update(dist.mean({k: stats[k] for k in ("train_loss", "train_accuracy")}))
         t_train = time.perf_counter() - t0
         _check_finite_weights(model, epoch)  # before anything of this epoch is written
         dist.sync_buffers(model)
         # the whole test set (fp32, as exported), shared out among the ranks
         test = distributed.evaluate_sharded(evaluate, eval_model, test_split, dist)
+        if ema is not None:  # the average is the model saved, so its accuracy is the one logged
+            dist.sync_buffers(ema.module)
+            raw, test = test, distributed.evaluate_sharded(evaluate, ema.module, test_split, dist)
         seconds = time.perf_counter() - t0
         row = _epoch_row(epoch, stats, test, seconds=seconds, train_seconds=t_train, host_timings=not cuda)
+        if ema is not None:
+            row.update(raw_test_loss=raw["loss"], raw_test_accuracy=raw["accuracy"])
         state.update(epoch=epoch, step=stats["steps"], history=state["history"] + [row], data=identity,
                      device_type=device.type, world_size=dist.world_size,
                      seconds_in_epochs=state["seconds_in_epochs"] + seconds, config=dataclasses.asdict(cfg))
-        dist.from_main(lambda: _save_epoch(out, model, optimizer, _rng_state(gen, device), state))
+        dist.from_main(lambda: _save_epoch(out, model, optimizer, _rng_state(gen, device), state, ema))
         log.info("epoch %d/%d  lr %.4f  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.1fs",
                  epoch, cfg.epochs, row["lr"], row["train_loss"], row["train_accuracy"],
                  row["test_loss"], row["test_accuracy"], seconds)
     wall = time.perf_counter() - t_start
-    finished = dist.from_main(lambda: _finish(out, cfg, model, ds, state, wall=wall, device=device,
+    saved_model = ema.module if ema is not None else model
+    finished = dist.from_main(lambda: _finish(out, cfg, saved_model, ds, state, wall=wall, device=device,
                                               world_size=dist.world_size).to_json())
     return records.TrainMetrics(**finished)  # every rank returns what rank 0 wrote
 
@@ -383,9 +419,10 @@ def _make_dir(out: Path) -> None:
 
 
 def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+                rng: dict[str, torch.Tensor], state: dict[str, Any], ema: ModelEma | None) -> None:
     """The checkpoint, then the log: what --resume and a reader of log.jsonl need after each epoch."""
-    save_checkpoint(out / layout.CHECKPOINT, model=model, optimizer=optimizer, rng=rng, state=state)
+    save_checkpoint(out / layout.CHECKPOINT, model=model, optimizer=optimizer, rng=rng, state=state,
+                    ema=ema.module if ema is not None else None)
     write_bytes_atomic(out / layout.LOG, "".join(json.dumps(r) + "\n" for r in state["history"]).encode())
 
 

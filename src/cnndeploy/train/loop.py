@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from cnndeploy.data.device import Augment, DeviceSplit, ShardedSplit
 from cnndeploy.errors import TrainingError
+from cnndeploy.train.ema import ModelEma
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -60,10 +61,11 @@ def train_one_epoch(model: nn.Module, split: DeviceSplit | ShardedSplit, optimiz
                     lr_at: Callable[[int], float], step: int, epoch: int, batch_size: int,
                     augment: Augment, generator: torch.Generator, loss_fn: nn.Module,
                     precision: str = "auto", teacher: nn.Module | None = None,
-                    progress: bool = True) -> dict:
+                    ema: ModelEma | None = None, progress: bool = True) -> dict:
     """Train for one pass over `split`; returns loss, accuracy, steps and timings.
 
-    With a `teacher` (in eval mode) the loss is `distillation_loss` against its outputs.
+    With a `teacher` (in eval mode) the loss is `distillation_loss` against its outputs. An `ema`
+    follows the weights after every optimizer step.
 
     `batch_size` is the global batch: a ShardedSplit yields this rank's share of each one, and
     the loss and accuracy returned are then this rank's.
@@ -99,6 +101,8 @@ def train_one_epoch(model: nn.Module, split: DeviceSplit | ShardedSplit, optimiz
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
         step += 1
+        if ema is not None:
+            ema.update(step)
         if step % check_every == 0:
             _check_finite(loss_sum, epoch, step)
         start = time.perf_counter()
