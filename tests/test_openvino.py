@@ -186,3 +186,25 @@ def test_classifier_refuses_an_unknown_backend_in_one_line(run):
         Classifier(run / ONNX, backend="tflite")
     with pytest.raises(CnnDeployError, match="only the openvino backend"):
         Classifier(run / ONNX, precision="bf16")
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_the_benchmark_script_smoke_mode_writes_ratios_with_their_spread(tmp_path):
+    import importlib.util as iu
+
+    from cnndeploy import system
+
+    loader = iu.spec_from_file_location("openvino_cpu", REPO / "benchmarks" / "openvino_cpu.py")
+    script = iu.module_from_spec(loader)
+    loader.loader.exec_module(script)
+    result = script.main(["--smoke", "--out", str(tmp_path)])
+    assert (tmp_path / "openvino-cpu-smoke.json").is_file() and (tmp_path / "openvino-cpu-smoke.md").is_file()
+    rows = result["rows"]
+    assert {r["backend"] for r in rows} == {"torch", "ort", "openvino"} and all(r["status"] == "ok" for r in rows)
+    assert all(r["accuracy"] is not None and len(r["round_throughputs"]) == 2 for r in rows)
+    one = result["ratios"]["lenet5-mnist batch 1"]
+    assert one["best_over_ort_int8"]["spread"] >= 0 and len(one["best_over_ort_int8"]["rounds"]) == 2
+    assert any(v.startswith("lenet5-mnist batch 1: fastest is ") for v in result["verdicts"])
+    agreement = result["agreement"]["lenet5-mnist"]
+    assert agreement["fp32@openvino"] >= 0.99 and ("bf16@openvino" in agreement) == system.cpu_has_bf16()

@@ -257,6 +257,7 @@ class BenchRow(Record):
     load_seconds: float | None = None
     slower_than_parent: bool | None = None   # slower than `parent` by more than `flag_tolerance`
     spread: float | None = None          # (max - min) / max of the throughput of the interleaved rounds
+    round_throughputs: list[float] | None = None  # images/s of each interleaved round, in order (not in the csv)
     parent: str | None = None            # the FP32 variant this one is compared with, same batch size ...
     parent_backend: str | None = None    # ... on this backend (torch when the parent has no such file)
     speed_vs_parent: float | None = None  # throughput / the parent's

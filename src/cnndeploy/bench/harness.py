@@ -127,7 +127,8 @@ def _rows_of(job: _Loaded, peaks: dict) -> list[BenchRow]:
                              latency_ms_p99=stats.p99_ms, throughput_ips=stats.throughput(b), achieved_gops=gops,
                              peak_share=share, peak_mem_mb=None if memory.mb is None else round(memory.mb, 1),
                              peak_mem_kind=memory.kind, load_seconds=job.load_seconds, status="ok",
-                             spread=None if noise is None else round(noise, 4)))
+                             spread=None if noise is None else round(noise, 4),
+                             round_throughputs=[round(t, 2) for t in per_round]))
     return rows
 
 
