@@ -208,3 +208,26 @@ def test_the_benchmark_script_smoke_mode_writes_ratios_with_their_spread(tmp_pat
     assert any(v.startswith("lenet5-mnist batch 1: fastest is ") for v in result["verdicts"])
     agreement = result["agreement"]["lenet5-mnist"]
     assert agreement["fp32@openvino"] >= 0.99 and ("bf16@openvino" in agreement) == system.cpu_has_bf16()
+
+
+@needs_openvino
+def test_a_file_openvino_cannot_read_is_one_line_and_a_failed_row(run, tmp_path, capfd):
+    from cnndeploy.runtime.classifier import Classifier, ModelFileError
+
+    page = tmp_path / "model.onnx"
+    page.write_text("<html><body>404</body></html>")
+    with pytest.raises(ModelFileError, match="is not a model OpenVINO can read") as e:
+        Classifier(page, backend="openvino")
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+    # only the ONNX reader saw it: Core.read_model would have tried TensorFlow's and others' on it too
+    assert "GraphDef" not in capfd.readouterr().err
+    broken = tmp_path / "broken"              # a run directory whose model.onnx is not a model
+    broken.mkdir()
+    (broken / "model.json").write_bytes((run / "model.json").read_bytes())
+    (broken / "model.onnx").write_bytes(b"\x08\x07garbage")
+    from cnndeploy.bench.harness import BenchConfig, run_bench
+
+    rows = run_bench([broken], BenchConfig(backends=["openvino"], batch_sizes=[1], min_seconds=0.01, rounds=1),
+                     out=tmp_path / "b", data_dir=str(REPO / "data" / "mnist-mini"), progress=False)
+    failed = [r for r in rows if r.backend == "openvino"]
+    assert failed and all(r.status.startswith("failed: ") and "OpenVINO can read" in r.status for r in failed)

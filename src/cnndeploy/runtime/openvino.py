@@ -76,8 +76,14 @@ def clear_cache() -> None:
 
 
 def _read(path: Path) -> Any:
+    """The file through OpenVINO's ONNX reader only: `Core.read_model` would hand a file the ONNX
+    reader refuses to every other installed frontend (TensorFlow, PaddlePaddle, PyTorch, ...)."""
+    openvino()
+    from openvino.frontend import FrontEndManager
+
     try:
-        return core().read_model(str(path))
+        onnx = FrontEndManager().load_by_framework("onnx")
+        return onnx.convert(onnx.load(str(path)))
     except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own for bad files
         raise ModelFileError(f"{path} is not a model OpenVINO can read "
                              f"({str(e).strip().splitlines()[-1][:200] if str(e) else type(e).__name__})") from None
