@@ -5,6 +5,7 @@ honest precision labels (f32 hint, bf16 only where the CPU has it, int8 kernels 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +232,24 @@ def test_a_file_openvino_cannot_read_is_one_line_and_a_failed_row(run, tmp_path,
                      out=tmp_path / "b", data_dir=str(REPO / "data" / "mnist-mini"), progress=False)
     failed = [r for r in rows if r.backend == "openvino"]
     assert failed and all(r.status.startswith("failed: ") and "OpenVINO can read" in r.status for r in failed)
+
+
+@needs_openvino
+def test_the_openvino_classifier_is_torch_free_and_says_how_to_install_openvino(run):
+    import subprocess
+    import sys
+
+    probe = ("import sys\nsys.modules['torch'] = None  # importing torch now fails\n"
+             "from cnndeploy.runtime import Classifier\n"
+             f"c = Classifier({str(run / ONNX)!r}, backend='openvino')\n"
+             "print(c.classify(__import__('numpy').zeros((28, 28), 'uint8'))[0][0])\n"
+             "sys.modules['openvino'] = None\n"
+             "try:\n    Classifier('absent.onnx', backend='openvino')\n"
+             "except Exception as e:\n    print(type(e).__name__, e)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr
+    label, missing = proc.stdout.strip().splitlines()
+    assert label in [str(i) for i in range(10)]
+    assert missing == ("OpenVINOMissing this needs openvino, which is not installed: "
+                       "pip install 'cnndeploy[openvino]'")

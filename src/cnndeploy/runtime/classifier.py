@@ -190,6 +190,7 @@ class Classifier:
         if backend != "openvino" and precision != "fp32":
             raise CnnDeployError(f"Classifier precision {precision!r}: only the openvino backend computes "
                                  "an FP32 file in another precision (bf16)")
+        self._runtime_module(backend)  # a missing runtime is said first, with how to install it
         if not self.path.is_file():
             raise ModelFileError(f"ONNX file not found: {self.path}")
         check_external_data(self.path)
@@ -218,10 +219,18 @@ class Classifier:
         self.input_name, self.output_name = self.runner.input_name, self.runner.output_name
         self.classes: list[str] = self.meta["classes"]
 
-    def _ort_session(self, providers: Sequence[str] | None, threads: int | None):
+    @staticmethod
+    def _runtime_module(backend: str):
+        if backend == "openvino":
+            from cnndeploy.runtime.openvino import openvino
+
+            return openvino()
         from cnndeploy.runtime.onnxruntime_import import onnxruntime
 
-        ort = onnxruntime()
+        return onnxruntime()
+
+    def _ort_session(self, providers: Sequence[str] | None, threads: int | None):
+        ort = self._runtime_module("onnxruntime")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
