@@ -187,6 +187,8 @@ def test_classifier_refuses_an_unknown_backend_in_one_line(run):
         Classifier(run / ONNX, backend="tflite")
     with pytest.raises(CnnDeployError, match="only the openvino backend"):
         Classifier(run / ONNX, precision="bf16")
+    with pytest.raises(CnnDeployError, match="pass one of them, not both"):
+        Classifier(run / ONNX, backend="openvino", providers=["CUDAExecutionProvider"])
 
 
 @needs_openvino

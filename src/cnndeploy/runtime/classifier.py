@@ -187,6 +187,9 @@ class Classifier:
         self.path = Path(path)
         if backend not in BACKENDS:
             raise CnnDeployError(f"Classifier backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend == "openvino" and providers:
+            raise CnnDeployError("Classifier providers are onnxruntime's execution providers; the openvino "
+                                 "backend runs on OpenVINO's CPU plugin: pass one of them, not both")
         if backend != "openvino" and precision != "fp32":
             raise CnnDeployError(f"Classifier precision {precision!r}: only the openvino backend computes "
                                  "an FP32 file in another precision (bf16)")

@@ -136,8 +136,8 @@ class _Arg:
     def __init__(self, port: Any) -> None:
         self.name = port.get_any_name()
         self.shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-        self.type = "tensor(float)" if port.get_element_type().to_string() == "f32" else \
-            f"tensor({port.get_element_type().to_string()})"
+        element = port.get_element_type().to_string()
+        self.type = "tensor(float)" if element == "f32" else f"tensor({element})"   # onnxruntime's spelling
 
 
 class _Meta:
@@ -159,7 +159,8 @@ class OpenVINOSession:
         self.file_batch = self._inputs[0].shape[0] if self._inputs and self._inputs[0].shape else None
         self.static: dict[int, Any] = {}      # batch size -> the reshaped model chosen for it
         self.shapes: dict[int, str] = {}      # batch size -> "static" | "dynamic", once prepared
-        self._requests: dict[int, Any] = {id(self.dynamic): self.dynamic.create_infer_request()}
+        # one infer request per compiled model, kept with the model it belongs to
+        self._requests: dict[int, tuple[Any, Any]] = {}
 
     def get_inputs(self) -> list[_Arg]:
         return self._inputs
@@ -179,10 +180,9 @@ class OpenVINOSession:
         return self.static.get(n, self.dynamic)
 
     def _request(self, model: Any) -> Any:
-        req = self._requests.get(id(model))
-        if req is None:
-            req = self._requests[id(model)] = model.create_infer_request()
-        return req
+        if id(model) not in self._requests:
+            self._requests[id(model)] = (model, model.create_infer_request())
+        return self._requests[id(model)][1]
 
     def run(self, output_names: Sequence[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         x = np.ascontiguousarray(next(iter(feed.values())), np.float32)
