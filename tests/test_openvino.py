@@ -103,6 +103,9 @@ def test_bf16_row_only_where_the_cpu_has_bf16(run, monkeypatch, tmp_path, mini_m
     assert all(r.compute_precision in ("f32", "u8") and r.load_seconds is not None for r in rows)
     env = read_bench(tmp_path)["environment"]
     assert env["bf16_isa"] is None and env["openvino_build"] and env["versions"]["openvino"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "no native bf16, so no bf16 rows" in md and f"(build {env['openvino_build']})" in md
+    assert "| lenet5-mnist:int8-cpu | openvino | 1 | u8 (" in md     # what ran, and the batch shape chosen
 
     _cpu(monkeypatch, WITH_BF16)
     bf16 = backend_variants("openvino", fp32)[1]

@@ -151,8 +151,9 @@ def environment_line(env: dict) -> str:
     peaks = env.get("peak") or {}
     cpu = peaks.get("cpu") or {}
     bf16 = env.get("bf16_isa")
-    text = (f"CPU {env['cpu']} ({', '.join(env['cpu_flags']) or 'no AVX flags read'}; bf16 compute "
-            f"{'through ' + bf16 if bf16 else 'not native, so no bf16 rows'}), {env['cores']} cores, "
+    native = ("" if "bf16_isa" not in env else   # records older than the field say nothing about it
+              f"; bf16 compute through {bf16}" if bf16 else "; no native bf16, so no bf16 rows")
+    text = (f"CPU {env['cpu']} ({', '.join(env['cpu_flags']) or 'no AVX flags read'}{native}), {env['cores']} cores, "
             f"threads {env['threads'] or 'default'}; GPU {gpu_text}; commit {env['git_commit']}; "
             + ", ".join(_version(k, v, env) for k, v in env["versions"].items() if v)
             + f". Peaks behind the utilisation shares: CPU {cpu.get('fp32_gflops')} GFLOP/s FP32, "
