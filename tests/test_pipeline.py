@@ -1,5 +1,6 @@
 """`cnndeploy pipeline`: every stage once, the report, and make-like resumption after interruptions."""
 
+import importlib.util
 import json
 import shutil
 
@@ -60,6 +61,8 @@ def test_pipeline_runs_every_stage_and_writes_the_report(done):
     assert "None" not in bench_md and ":-" not in bench_md and "| skipped" not in bench_md
     assert "| pruned 50% INT8 (cpu) | ort |" in report and "| FP32 | torch |" in report
     assert "| FP16 | ort |" in report and "| pruned 50% FP16 | ort |" in report
+    if importlib.util.find_spec("openvino"):  # a default backend of the pipeline, where installed
+        assert "| INT8 (cpu) | openvino |" in report and "| FP32 | openvino |" in report
     assert "## 3. Environment" in report and "bench/accuracy_vs_latency.png" in report
     rows = json.loads((done / "bench" / "bench.json").read_text())["rows"]
     ok = [r for r in rows if r["status"] == "ok"]

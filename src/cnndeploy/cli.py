@@ -310,11 +310,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
             "cnndeploy bench runs/lenet5-mnist runs/lenet5-mnist-pruned50 --threads 2 --data-dir data/mnist-mini"))
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=f"one or more; {RUN_DIR_HELP}")
     p.add_argument("--backends", default="torch,ort",
-                   help="comma list of torch,torch-compile,ort,ort-cuda,ort-trt,tensorrt")
+                   help="comma list of torch,torch-compile,ort,ort-cuda,ort-trt,openvino,tensorrt "
+                        "(openvino also adds a bf16 row of model.onnx where the CPU has AVX512-BF16 or AMX)")
     p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256], metavar="N,N,...",
                    help="batch sizes to time")
     p.add_argument("--threads", type=_positive_int,
-                   help="intra-op threads for torch and onnxruntime (default: the libraries' own)")
+                   help="intra-op threads for torch, onnxruntime and OpenVINO (default: the libraries' own)")
     p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="timing budget per row")
     p.add_argument("--out", help="folder for the results (default: bench/ in the first RUN_DIR, where "
                                   "'cnndeploy serve' finds it)")
@@ -355,12 +356,12 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prune", type=float, default=0.5, help="fraction of channels to prune (0: skip pruning)")
     p.add_argument("--finetune-epochs", type=_positive_int, help="default: 20%% of each model's epochs, rounded down, at least 1")
     p.add_argument("--distill", action="store_true", help="fine-tune pruned models against the unpruned ones (KD)")
-    p.add_argument("--backends", default="torch,ort,ort-cuda,tensorrt",
+    p.add_argument("--backends", default="torch,ort,ort-cuda,openvino,tensorrt",
                    help="bench backends; absent ones appear as skipped rows")
     p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256], metavar="N,N,...",
                    help="bench batch sizes")
     p.add_argument("--threads", type=_positive_int,
-                   help="intra-op threads for torch and onnxruntime (default: the libraries' own)")
+                   help="intra-op threads for torch, onnxruntime and OpenVINO (default: the libraries' own)")
     p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="timing budget per bench row")
     p.add_argument("--device", default="auto", choices=DEVICES, help=f"training device; {DEVICE_HELP}")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)

@@ -61,7 +61,7 @@ class PipelineConfig:
 
 def default_bench() -> BenchConfig:
     """The pipeline measures every backend it knows; the absent ones become skipped rows."""
-    return BenchConfig(backends=["torch", "ort", "ort-cuda", "tensorrt"], batch_sizes=[1, 32, 256])
+    return BenchConfig(backends=["torch", "ort", "ort-cuda", "openvino", "tensorrt"], batch_sizes=[1, 32, 256])
 
 
 def pipeline_config(*, dataset: str, models: list[str], prune: float = 0.5, finetune_epochs: int | None = None,

@@ -19,8 +19,16 @@ def cpuinfo_fields(text: str | None = None) -> dict[str, str] | None:
     return fields
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (x86 AVX512-BF16 / AMX, Arm BF16)."""
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")   # best first: AMX tiles, AVX-512 dot products, Arm BF16
+
+
+def cpu_bf16_isa() -> str | None:
+    """Which native bf16 instructions this CPU has (amx_bf16, avx512_bf16, or Arm's bf16), None without."""
     info = cpuinfo_fields() or {}
     flags = set((info.get("flags", "") + " " + info.get("Features", "")).split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return next((f for f in BF16_FLAGS if f in flags), None)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (x86 AVX512-BF16 / AMX, Arm BF16)."""
+    return cpu_bf16_isa() is not None

@@ -24,7 +24,7 @@ UINT8_INPUT = "uint8 NHWC pixels, normalisation inside"
 # Which backends execute which kind of file.
 BACKENDS_BY_KIND: dict[str, tuple[str, ...]] = {
     "weights": ("torch", "torch-compile"),
-    "onnx": ("ort", "ort-cuda", "ort-trt"),
+    "onnx": ("ort", "ort-cuda", "ort-trt", "openvino"),
     "engine": ("tensorrt",),
 }
 
@@ -66,6 +66,10 @@ FILES: tuple[FileSpec, ...] = (
     FileSpec("model.int8-trt.onnx", "onnx", "int8-trt", "INT8 (trt)", "cnndeploy quant RUN_DIR --target tensorrt",
              ONNX),
 )
+# Compute precisions a backend offers for a file beyond the file's own: OpenVINO computes the FP32
+# ONNX file in bf16 where the CPU has bf16 instructions. Such a row keeps `file` model.onnx and
+# says `precision` bf16; no file of its own is written.
+COMPUTE_PRECISIONS: dict[tuple[str, str], tuple[str, ...]] = {("openvino", ONNX): ("bf16",)}
 QUANT_TARGETS = {"cpu": "model.int8-cpu.onnx", "tensorrt": "model.int8-trt.onnx"}
 
 # TensorRT engines are tied to the TensorRT version and the GPU, so both are in the name.
@@ -81,6 +85,21 @@ def spec(name: str) -> FileSpec:
         if row.name == name:
             return row
     raise KeyError(f"{name} is not a file of the run-directory table")
+
+
+def compute_spec(base: FileSpec, precision: str) -> FileSpec:
+    """The row of `base` computed in `precision` by a backend (COMPUTE_PRECISIONS): same file, own label."""
+    return replace(base, precision=precision, label=f"{precision.upper()} compute of {base.label}",
+                   triton_suffix=None)
+
+
+def row_label(file: str | None, precision: str | None) -> str:
+    """How tables name a bench row: the file's label, or its compute label where a backend ran the
+    file in another precision (bf16 of model.onnx)."""
+    fixed = next((s for s in FILES if s.name == file), None)
+    if fixed is None:
+        return (precision or "").upper()
+    return fixed.label if precision in (None, fixed.precision) else compute_spec(fixed, precision).label
 
 
 def engine_name(precision: str, trt_version: str, capability: tuple[int, int]) -> str:
@@ -116,7 +135,7 @@ def pruned_run_name(run_name: str, amount: float) -> str:
     return f"{run_name}-pruned{round(100 * amount)}"
 
 
-PRECISION_ORDER = ("fp32", "fp16", "int8-cpu", "int8-trt", "int8")
+PRECISION_ORDER = ("fp32", "bf16", "fp16", "int8-cpu", "int8-trt", "int8")
 
 
 def made_by(kind: str) -> str:

@@ -236,8 +236,10 @@ class BenchRow(Record):
     backend: str
     status: str                          # ok | skipped: <why> | failed: <why>
     file: str | None = None              # None: no file of this kind in the run (a skipped row)
-    precision: str | None = None
+    precision: str | None = None         # the file's, or the compute precision a backend ran it in (bf16)
     batch_size: int | None = None
+    compute_precision: str | None = None  # what the math layers ran in, read back from the runtime (OpenVINO)
+    batch_shape: str | None = None       # static (reshaped to batch_size) | dynamic | fixed in file (OpenVINO)
     size_bytes: int | None = None
     params: int | None = None
     macs: int | None = None
@@ -255,6 +257,7 @@ class BenchRow(Record):
     load_seconds: float | None = None
     slower_than_parent: bool | None = None   # slower than `parent` by more than `flag_tolerance`
     spread: float | None = None          # (max - min) / max of the throughput of the interleaved rounds
+    round_throughputs: list[float] | None = None  # images/s of each interleaved round, in order (not in the csv)
     parent: str | None = None            # the FP32 variant this one is compared with, same batch size ...
     parent_backend: str | None = None    # ... on this backend (torch when the parent has no such file)
     speed_vs_parent: float | None = None  # throughput / the parent's
@@ -262,7 +265,8 @@ class BenchRow(Record):
 
 
 # bench.csv's columns, in the order people read them
-BENCH_COLUMNS = ("variant", "run", "file", "backend", "precision", "batch_size", "accuracy", "latency_ms_mean",
+BENCH_COLUMNS = ("variant", "run", "file", "backend", "precision", "compute_precision", "batch_size", "batch_shape",
+                 "accuracy", "latency_ms_mean",
                  "latency_ms_std", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips",
                  "spread", "size_bytes", "params", "macs", "achieved_gops", "peak_share", "peak_mem_mb", "load_seconds",
                  "parent", "parent_backend", "speed_vs_parent", "flag_tolerance", "slower_than_parent", "status")

@@ -11,10 +11,11 @@ from typing import Any
 
 from cnndeploy import __version__
 from cnndeploy.bench.peak import cpu_peak, gpu_peak, measured_ceiling
+from cnndeploy import system
 from cnndeploy.system import cpuinfo_fields
 
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")
-PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "numpy")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
+PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "tensorrt", "numpy")
 
 
 def _cpuinfo() -> dict[str, Any]:
@@ -73,7 +74,10 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = _gpu()
     used = threads or affinity or 1
-    return {**_cpuinfo(), "cores": os.cpu_count(), "cores_usable": affinity, "threads": threads,
+    from cnndeploy.runtime.openvino import version as openvino_version
+
+    return {**_cpuinfo(), "bf16_isa": system.cpu_bf16_isa(), "openvino_build": openvino_version(),
+            "cores": os.cpu_count(), "cores_usable": affinity, "threads": threads,
             "gpu": gpu, "python": platform.python_version(), "platform": platform.platform(),
             "versions": _versions(), "git_commit": _git_commit(),
             "peak": {"cpu": cpu_peak(used, measured_gflops=measured_ceiling(used), logical_cpus=affinity),

@@ -27,7 +27,7 @@ from cnndeploy.data.types import normalise
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import ensure_dir, write_bytes_atomic
 from cnndeploy.runtime.accuracy import measure_accuracy
-from cnndeploy.runtime.runners import KIND, check_backends, make_runner, on_gpu, skip_reason
+from cnndeploy.runtime.runners import KIND, backend_variants, check_backends, make_runner, on_gpu, skip_reason
 
 log = logging.getLogger("cnndeploy")
 
@@ -87,6 +87,9 @@ def _load(variant: Variant, backend: str, ds, card: ModelCard, cfg: BenchConfig,
             run = make_runner(backend, variant, threads=cfg.threads)
             run(normalise(ds.test_x[:1], card.mean, card.std))  # first call: lazy init, graph optimisation
             load = time.perf_counter() - t0
+            prepare = getattr(run, "prepare", None)  # OpenVINO: a static reshape per batch size, where faster
+            if prepare:
+                prepare(list(cfg.batch_sizes))
             accuracy = measure_accuracy(run, card, ds)["test_accuracy"]
             inputs = {b: normalise(np.resize(ds.test_x[:b], (b, *ds.test_x.shape[1:])), card.mean, card.std)
                       for b in cfg.batch_sizes}
@@ -112,18 +115,20 @@ def _rows_of(job: _Loaded, peaks: dict) -> list[BenchRow]:
     gpu = on_gpu(job.backend)
     peak = peak_for(peaks["gpu" if gpu else "cpu"] or {}, job.variant.precision)
     memory = job.memory
+    details = getattr(job.run, "row_details", None)  # what a runtime says it ran (batch shape, kernels)
     rows = []
     for b, rounds in job.rounds.items():
         stats = stats_from_ns([t for r in rounds for t in r])
         per_round = [stats_from_ns(r).throughput(b) for r in rounds]
         noise = spread(per_round)
         gops, share = utilisation(job.base.get("macs"), stats.throughput(b), peak)
-        rows.append(BenchRow(**job.base, batch_size=b, accuracy=job.accuracy, latency_ms_mean=stats.mean_ms,
+        rows.append(BenchRow(**job.base, **(details(b) if details else {}), batch_size=b, accuracy=job.accuracy, latency_ms_mean=stats.mean_ms,
                              latency_ms_std=stats.std_ms, latency_ms_p50=stats.p50_ms, latency_ms_p90=stats.p90_ms,
                              latency_ms_p99=stats.p99_ms, throughput_ips=stats.throughput(b), achieved_gops=gops,
                              peak_share=share, peak_mem_mb=None if memory.mb is None else round(memory.mb, 1),
                              peak_mem_kind=memory.kind, load_seconds=job.load_seconds, status="ok",
-                             spread=None if noise is None else round(noise, 4)))
+                             spread=None if noise is None else round(noise, 4),
+                             round_throughputs=[round(t, 2) for t in per_round]))
     return rows
 
 
@@ -196,7 +201,7 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
             parents[Path(rd).name] = parent.name
         variants = discover(rd)
         families.setdefault(family_root(Path(rd), known).name, []).extend(
-            (v, b) for v in variants for b in cfg.backends if KIND[b] == v.kind)
+            (w, b) for v in variants for b in cfg.backends if KIND[b] == v.kind for w in backend_variants(b, v))
         missing += [(Path(rd).name, b) for b in cfg.backends if not any(KIND[b] == v.kind for v in variants)]
     ensure_dir(Path(out), what="--out")  # before any measuring: an unwritable --out would lose it all
     rows = [BenchRow(variant=f"{run}:-", run=run, file=None, backend=b, precision=None, batch_size=None,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cnndeploy.artifacts.card import ModelCard
-from cnndeploy.artifacts.files import FILES, PRECISION_ORDER, REPORT, spec
+from cnndeploy.artifacts.files import PRECISION_ORDER, REPORT, row_label
 from cnndeploy.artifacts.records import PruneRecord, read_bench, read_metrics
 from cnndeploy.artifacts.variants import family_root
 from cnndeploy.fileio import write_bytes_atomic
@@ -37,17 +37,21 @@ def bench_markdown(rows: list[dict], env: dict, config: dict | None = None) -> s
     """bench.md: the measured rows, then one line per backend that measured nothing, then failures."""
     ok = [r for r in rows if r["status"] == "ok"]
     memory = any(r.get("peak_mem_mb") is not None for r in ok)  # measured on GPU only (bench/memory.py)
-    cols = ["variant", "backend", "batch", "accuracy", "p50 ms", "p99 ms", "images/s", "spread",
-            "GOP/s (% of peak)", *(["peak MB"] if memory else []), "size bytes", "MMACs", "× parent",
-            "slower than parent"]
+    ran = any(r.get("compute_precision") for r in ok)  # a runtime said what it ran (OpenVINO)
+    cols = ["variant", "backend", "batch", *(["ran in (batch shape)"] if ran else []), "accuracy",
+            "p50 ms", "p99 ms", "images/s", "spread", "GOP/s (% of peak)", *(["peak MB"] if memory else []),
+            "load s", "size bytes", "MMACs", "× parent", "slower than parent"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in ok:
         share = f" ({100 * r['peak_share']:.1f}%)" if r.get("peak_share") is not None else ""
-        cells = [r["variant"], r["backend"], str(r["batch_size"]), _fmt(r.get("accuracy"), ".2%"),
+        compute = f"{r['compute_precision']} ({r.get('batch_shape')})" if r.get("compute_precision") else "—"
+        cells = [_variant_cell(r), r["backend"], str(r["batch_size"]),
+                 *([compute] if ran else []), _fmt(r.get("accuracy"), ".2%"),
                  _fmt(r.get("latency_ms_p50"), ".3f"), _fmt(r.get("latency_ms_p99"), ".3f"),
                  _fmt(r.get("throughput_ips"), ".1f"), _fmt(r.get("spread"), ".1%"),
                  _fmt(r.get("achieved_gops"), ".2f") + share,
-                 *([_fmt(r.get("peak_mem_mb"), ".0f")] if memory else []), _fmt(r.get("size_bytes"), ".0f"),
+                 *([_fmt(r.get("peak_mem_mb"), ".0f")] if memory else []), _fmt(r.get("load_seconds"), ".3f"),
+                 _fmt(r.get("size_bytes"), ".0f"),
                  _fmt(r["macs"] / 1e6 if r.get("macs") else None, ".2f"), _vs_parent(r), _flag(r)]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines) if ok else "No row was measured."
@@ -57,6 +61,17 @@ def bench_markdown(rows: list[dict], env: dict, config: dict | None = None) -> s
     text += _listed("Not measured", skipped_lines(rows)) + _listed("Failed", failed_lines(rows))
     plots = "\n".join(f"![{title}]({name})" for name, title in PLOTS)
     return text + f"\n{plots}\n"
+
+
+def _variant_cell(r: dict) -> str:
+    """The variant; a row computed in another precision than its file's says so, and names the file."""
+    label = row_label(r.get("file"), r.get("precision"))
+    return f"{r['variant']} ({label}, {r['file']})" if " compute of " in label else r["variant"]
+
+
+def _version(name: str, version: str, env: dict) -> str:
+    build = env.get("openvino_build") if name == "openvino" else None   # openvino.get_version()
+    return f"{name} {version}" + (f" (build {build})" if build else "")
 
 
 def _listed(title: str, items: list[str]) -> str:
@@ -135,9 +150,12 @@ def environment_line(env: dict) -> str:
     gpu_text = f"{gpu['name']} (compute {gpu['compute_capability']}, driver {gpu.get('driver')})" if gpu else "none"
     peaks = env.get("peak") or {}
     cpu = peaks.get("cpu") or {}
-    text = (f"CPU {env['cpu']} ({', '.join(env['cpu_flags']) or 'no AVX flags read'}), {env['cores']} cores, "
+    bf16 = env.get("bf16_isa")
+    native = ("" if "bf16_isa" not in env else   # records older than the field say nothing about it
+              f"; bf16 compute through {bf16}" if bf16 else "; no native bf16, so no bf16 rows")
+    text = (f"CPU {env['cpu']} ({', '.join(env['cpu_flags']) or 'no AVX flags read'}{native}), {env['cores']} cores, "
             f"threads {env['threads'] or 'default'}; GPU {gpu_text}; commit {env['git_commit']}; "
-            + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+            + ", ".join(_version(k, v, env) for k, v in env["versions"].items() if v)
             + f". Peaks behind the utilisation shares: CPU {cpu.get('fp32_gflops')} GFLOP/s FP32, "
               f"{cpu.get('int8_gops')} GOP/s INT8 ({cpu.get('basis')})")
     ceiling = cpu.get("measured_ceiling_gflops")
@@ -184,9 +202,7 @@ def _paper_table(runs: list[Path]) -> str:
 def _label(run: Path, row: dict) -> str:
     pruned = PruneRecord.read(run)
     prefix = f"pruned {round(100 * pruned.amount)}% " if pruned else ""
-    file = row.get("file") or ""
-    label = spec(file).label if any(s.name == file for s in FILES) else row["precision"].upper()
-    return prefix + label
+    return prefix + row_label(row.get("file"), row["precision"])
 
 
 def _compression_table(root: Path, rows: list[dict], runs: dict[str, Path]) -> str:

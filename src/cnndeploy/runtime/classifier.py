@@ -1,4 +1,5 @@
-"""`Classifier`: run a cnndeploy ONNX file on any image with numpy, pillow and onnxruntime only.
+"""`Classifier`: run a cnndeploy ONNX file on any image with numpy, pillow and onnxruntime (or
+OpenVINO, `backend="openvino"`) only.
 
 This module is what apps embed, so it must not import torch (a test checks). Everything it
 needs — class names, input size, channels, mean and std — comes from the file's metadata.
@@ -19,6 +20,7 @@ from cnndeploy.images import DECODE_ERRORS, open_image
 from cnndeploy.runtime import topk
 
 ImageLike = Union[Image.Image, str, os.PathLike, bytes, np.ndarray]
+BACKENDS = ("onnxruntime", "openvino")   # what Classifier(backend=...) runs the file with
 
 
 class ModelFileError(ModelCardError):
@@ -145,8 +147,9 @@ class SessionRunner:
             return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
         except MemoryError:
             raise
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ModelFileError(f"{self.where}: onnxruntime failed on a batch shaped {list(x.shape)} "
+        except Exception as e:  # onnxruntime and OpenVINO raise their own exception types
+            runtime = getattr(self.session, "runtime", "onnxruntime")
+            raise ModelFileError(f"{self.where}: {runtime} failed on a batch shaped {list(x.shape)} "
                                  f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -179,23 +182,24 @@ class Classifier:
     """
 
     def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] | None = None,
-                 threads: int | None = None, **metadata) -> None:
-        from cnndeploy.runtime.onnxruntime_import import onnxruntime
-
-        ort = onnxruntime()
-
+                 threads: int | None = None, backend: str = "onnxruntime", precision: str = "fp32",
+                 **metadata) -> None:
         self.path = Path(path)
+        if backend not in BACKENDS:
+            raise CnnDeployError(f"Classifier backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend == "openvino" and providers:
+            raise CnnDeployError("Classifier providers are onnxruntime's execution providers; the openvino "
+                                 "backend runs on OpenVINO's CPU plugin: pass one of them, not both")
+        if backend != "openvino" and precision != "fp32":
+            raise CnnDeployError(f"Classifier precision {precision!r}: only the openvino backend computes "
+                                 "an FP32 file in another precision (bf16)")
+        self._runtime_module(backend)  # a missing runtime is said first, with how to install it
         if not self.path.is_file():
             raise ModelFileError(f"ONNX file not found: {self.path}")
         check_external_data(self.path)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as e:  # onnxruntime raises its own exception types for broken files
-            raise ModelFileError(f"{self.path} is not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        self.backend = backend
+        self.session = (self._openvino_session(precision, threads) if backend == "openvino"
+                        else self._ort_session(providers, threads))
         inp = self.session.get_inputs()[0]
         shape = inp.shape
         if len(shape) != 4 or inp.type != "tensor(float)":
@@ -211,9 +215,37 @@ class Classifier:
                      "height": self.card.height, "width": self.card.width,
                      "mean": np.asarray(self.card.mean, np.float32), "std": np.asarray(self.card.std, np.float32),
                      "model": self.card.model, "dataset": self.card.dataset}
-        self.runner = SessionRunner(self.session, str(self.path), len(self.card.classes))
+        runner = SessionRunner
+        if backend == "openvino":
+            from cnndeploy.runtime.openvino import OpenVINORunner as runner
+        self.runner = runner(self.session, str(self.path), len(self.card.classes))
         self.input_name, self.output_name = self.runner.input_name, self.runner.output_name
         self.classes: list[str] = self.meta["classes"]
+
+    @staticmethod
+    def _runtime_module(backend: str):
+        if backend == "openvino":
+            from cnndeploy.runtime.openvino import openvino
+
+            return openvino()
+        from cnndeploy.runtime.onnxruntime_import import onnxruntime
+
+        return onnxruntime()
+
+    def _ort_session(self, providers: Sequence[str] | None, threads: int | None):
+        ort = self._runtime_module("onnxruntime")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            return ort.InferenceSession(str(self.path), options, providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as e:  # onnxruntime raises its own exception types for broken files
+            raise ModelFileError(f"{self.path} is not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+
+    def _openvino_session(self, precision: str, threads: int | None):
+        from cnndeploy.runtime.openvino import OpenVINOSession
+
+        return OpenVINOSession(self.path, precision=precision, threads=threads)
 
     def preprocess(self, image: ImageLike) -> np.ndarray:
         """Any image -> float32 [C, H, W], resized and normalised as the model was trained."""

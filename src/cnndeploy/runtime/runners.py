@@ -1,8 +1,8 @@
 """One runner per backend: given a variant, a callable on a float32 NCHW batch, or a skip reason.
 
 A backend that is not installed or needs an absent GPU is never an exception: `skip_reason`
-says why, and bench records a row with `status: "skipped: <reason>"`. torch and TensorRT are
-imported only by the runners that use them.
+says why, and bench records a row with `status: "skipped: <reason>"`. torch, TensorRT and
+OpenVINO are imported only by the runners that use them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cnndeploy.artifacts.files import BACKENDS_BY_KIND
+from cnndeploy import system
+from cnndeploy.artifacts.files import BACKENDS_BY_KIND, COMPUTE_PRECISIONS, compute_spec
 from cnndeploy.artifacts.variants import Variant
 from cnndeploy.errors import CnnDeployError
 
@@ -89,6 +90,16 @@ def _ort_runner(variant: Variant, provider: str, threads: int | None) -> Runner:
                          ModelCard.read(variant.run).num_classes)
 
 
+def _openvino_runner(variant: Variant, threads: int | None) -> Runner:
+    from cnndeploy.artifacts.card import ModelCard
+    from cnndeploy.runtime.openvino import openvino_runner
+
+    # an FP32 file computes in f32 unless this is the bf16 row; INT8 files keep their int8 kernels
+    precision = "bf16" if variant.precision == "bf16" else "fp32"
+    return openvino_runner(variant.path, precision=precision, threads=threads,
+                           num_classes=ModelCard.read(variant.run).num_classes)
+
+
 def engine_runner(path: Any) -> Runner:
     """A TensorRT engine as a numpy runner (the engine itself takes torch CUDA tensors)."""
     import torch
@@ -104,6 +115,19 @@ def engine_runner(path: Any) -> Runner:
     return run
 
 
+def _computes(precision: str) -> bool:
+    """Whether this machine has the instructions for a compute precision (bf16: AVX512-BF16 or AMX)."""
+    return precision != "bf16" or system.cpu_bf16_isa() is not None
+
+
+def backend_variants(backend: str, variant: Variant) -> list[Variant]:
+    """The rows `backend` makes of `variant`: the file itself, then each extra compute precision it
+    offers for that file (OpenVINO's bf16 of model.onnx) where this CPU has the instructions.
+    On a CPU without them there is no such row at all, not a skipped one: it is not a file to make."""
+    extra = COMPUTE_PRECISIONS.get((backend, variant.spec.name), ())
+    return [variant] + [Variant(variant.run, compute_spec(variant.spec, p)) for p in extra if _computes(p)]
+
+
 def on_gpu(backend: str) -> bool:
     """Whether `backend` computes on the GPU here (torch follows CUDA availability)."""
     return backend in ("ort-cuda", "ort-trt", "tensorrt") or (backend.startswith("torch") and _cuda())
@@ -115,6 +139,10 @@ def skip_reason(backend: str, variant: Variant) -> str | None:
         return f"{backend} runs {KIND[backend]} files, not {variant.kind}"
     if backend in ("ort-cuda", "ort-trt"):
         return _ort_provider(PROVIDERS[backend])
+    if backend == "openvino" and importlib.util.find_spec("openvino") is None:
+        from cnndeploy.runtime.openvino import INSTALL_HINT
+
+        return f"openvino is not installed ({INSTALL_HINT})"
     if backend == "tensorrt":
         if importlib.util.find_spec("tensorrt") is None:
             return "tensorrt is not installed"
@@ -128,4 +156,6 @@ def make_runner(backend: str, variant: Variant, *, threads: int | None = None) -
         return _torch_runner(variant, compile_=backend == "torch-compile", threads=threads)
     if backend == "tensorrt":
         return engine_runner(variant.path)
+    if backend == "openvino":
+        return _openvino_runner(variant, threads)
     return _ort_runner(variant, PROVIDERS[backend], threads)

@@ -24,7 +24,7 @@ from cnndeploy.errors import CnnDeployError
 from cnndeploy.runtime import topk
 from cnndeploy.runtime.classifier import Classifier
 from cnndeploy.runtime.onnxruntime_import import onnxruntime
-from cnndeploy.runtime.runners import BACKENDS, make_runner, skip_reason
+from cnndeploy.runtime.runners import BACKENDS, backend_variants, make_runner, skip_reason
 from cnndeploy.serve import inputs
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,25 @@ def _onnx_members(variant: Variant, classes: list[str], threads: int) -> list[Me
         clf = Classifier(variant.path, providers=chosen, threads=threads)
         members.append(Member(variant.run.name, variant.precision, backend, variant.path, clf.preprocess,
                               clf.logits, classes))
+    return members + _openvino_members(variant, classes, threads)
+
+
+def _openvino_members(variant: Variant, classes: list[str], threads: int) -> list[Member]:
+    """The file on OpenVINO (and its bf16 compute where the CPU has it); none, logged, where absent."""
+    reason = skip_reason("openvino", variant)
+    if reason:
+        log.info("%s not served on openvino: %s", variant.name, reason)
+        return []
+    members = []
+    for v in backend_variants("openvino", variant):
+        try:
+            clf = Classifier(v.path, backend="openvino", threads=threads,
+                             precision="bf16" if v.precision == "bf16" else "fp32")
+            clf.runner.prepare([1])  # the demo answers one picture at a time: static batch 1 where faster
+        except Exception as e:  # an optional backend failing must not take the onnxruntime members down
+            log.warning("%s not served on openvino: %s", v.name, str(e).splitlines()[0][:200])
+            continue
+        members.append(Member(v.run.name, v.precision, "openvino", v.path, clf.preprocess, clf.logits, classes))
     return members
 
 
