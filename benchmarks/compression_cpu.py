@@ -50,10 +50,10 @@ def make_run(root: Path, name: str, dataset: str, data_dir: str, *, prune: float
     run = root / f"{name}-{dataset}{'-pruned' if prune else ''}"
     run.mkdir(parents=True)
     weights.save_weights(run / layout.WEIGHTS, model)
-    meta = weights.card_for(name, model, ds.metadata()).to_json()
-    (run / layout.MODEL_JSON).write_text(json.dumps(meta))
+    card = weights.card_for(name, model, ds.metadata())
+    (run / layout.MODEL_JSON).write_text(json.dumps(card.to_json()))
     export_onnx(run, data_dir=data_dir)
-    images = calibration_images(meta, size=256, seed=0, data_dir=data_dir)
+    images = calibration_images(card, size=256, seed=0, ds=ds)
     quantize_file(run / "model.onnx", run / "model.int8-cpu.onnx", images, target="cpu", method="minmax")
     return run, {**count(model, shape), "shape": shape}
 
