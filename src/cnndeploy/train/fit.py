@@ -8,6 +8,7 @@ import logging
 import tempfile
 import time
 import typing
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from cnndeploy.artifacts import files as layout
-from cnndeploy.artifacts import records
+from cnndeploy.artifacts import lock, records
 from cnndeploy.models import weights
 from cnndeploy.data import ImageDataset, load_dataset
 from cnndeploy.data.device import DeviceSplit, ShardedSplit, augment_for
@@ -109,8 +110,6 @@ def _fit_batch(cfg: TrainConfig, train_images: int, world_size: int) -> TrainCon
 
 def _prepare_out(out: Path, resume: bool) -> bool:
     """Refuse to clobber a finished run or silently restart an unfinished one; True if resuming."""
-    if out.exists() and not out.is_dir():
-        raise CnnDeployError(f"--out {out} is a file; expected a run directory")
     has_ckpt = (out / layout.CHECKPOINT).is_file()
     if resume:
         if not has_ckpt:
@@ -248,8 +247,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
         return _train(cfg, dist, resume=resume, explicit=explicit, progress=progress and dist.is_main)
 
 
-def _resolve(out: Path, cfg: TrainConfig, resume: bool, explicit: set[str]) -> tuple[dict, bool]:
-    """The config to run (the saved one when resuming), as JSON so rank 0 can send it to the others."""
+def _resolve(out: Path, cfg: TrainConfig, resume: bool, explicit: set[str],
+             held: ExitStack) -> tuple[dict, bool]:
+    """The config to run (the saved one when resuming), as JSON so rank 0 can send it to the others.
+
+    Rank 0 takes the run directory's write lock first (held until `held` closes): two runs into one
+    --out would both pass _prepare_out's checks before either had written anything."""
+    if out.exists() and not out.is_dir():
+        raise CnnDeployError(f"--out {out} is a file; expected a run directory")
+    held.enter_context(lock.writing(out, command="cnndeploy train"))
     resume = _prepare_out(out, resume)
     cfg = _resume_config(out, cfg, explicit) if resume else cfg.resolved()
     return dataclasses.asdict(cfg), resume
@@ -282,8 +288,14 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 
 def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
            progress: bool) -> records.TrainMetrics:
+    with ExitStack() as held:
+        return _train_locked(cfg, dist, resume=resume, explicit=explicit, progress=progress, held=held)
+
+
+def _train_locked(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str], progress: bool,
+                  held: ExitStack) -> records.TrainMetrics:
     out = Path(cfg.out)
-    saved, resuming = dist.from_main(lambda: _resolve(out, cfg, resume, explicit))
+    saved, resuming = dist.from_main(lambda: _resolve(out, cfg, resume, explicit, held))
     cfg = TrainConfig(**saved)
     check_precision(cfg.precision)  # also a resumed or API-built config
     device = dist.local_device(pick_device(cfg.device))
