@@ -81,6 +81,8 @@ class QuantConfig:
             raise CnnDeployError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
         if self.calib_size < 1:
             raise CnnDeployError(f"--calib-size {self.calib_size}: expected a positive number of images")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise CnnDeployError(f"--seed {self.seed!r}: expected an integer in [0, 2**64-1]")
         return self
 
 

@@ -35,6 +35,15 @@ from cnndeploy.train.schedule import lr_at
 log = logging.getLogger("cnndeploy")
 
 
+SEED_MAX = 2**64 - 1  # torch.manual_seed's range
+
+
+def check_seed(seed: object, what: str = "seed") -> None:
+    """An integer in [0, 2**64-1]; bools are no seeds (True would silently be 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise CnnDeployError(f"{what} {seed!r}: expected an integer in [0, 2**64-1] (torch.manual_seed's range)")
+
+
 @dataclass
 class TrainConfig:
     model: str
@@ -57,6 +66,9 @@ class TrainConfig:
     sync_bn: bool = False              # under torchrun on GPUs: BatchNorm over the whole global batch
     precision: str = "auto"            # training compute: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16
     teacher: str | None = None         # a run directory whose model teaches (knowledge distillation)
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)  # built from Python, not only from the command line (which checks it too)
 
     def resolved(self) -> "TrainConfig":
         """Fill unset hyper-parameters from the model's recipe for this dataset."""
