@@ -86,8 +86,11 @@ def _acquire(folder: Path, command: str, what: str) -> _Held:
             os.close(fd)
             raise _busy(folder, holder, what) from None
         if _same_file(fd, folder / LOCK):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
+            except OSError:
+                pass   # a full disk: the lock holds all the same, others are told "PID unknown"
             return _Held(fd, 1, created, threading.get_ident())
         os.close(fd)   # locked a file its holder had unlinked on release: lock the current one
     raise _busy(folder, "its lock file keeps being replaced", what)
