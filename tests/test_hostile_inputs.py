@@ -204,3 +204,66 @@ def test_serve_refuses_a_malformed_run_record_but_skips_a_malformed_bench(kind, 
     (run / "bench" / "bench.json").write_text(BAD[kind])
     code, err = _serve(monkeypatch, ["serve", str(run)], capsys)
     assert code == 0 and "Benchmark tab skips it" in caplog.text  # the bench table is optional: the demo starts
+
+
+@pytest.mark.parametrize("seed", [2**64, -1, True, 1.5, "7"])
+def test_train_config_from_python_refuses_a_seed_torch_cannot_take(seed, tmp_path):
+    from cnndeploy.errors import CnnDeployError
+    from cnndeploy.quant import QuantConfig
+    from cnndeploy.train.fit import TrainConfig
+
+    with pytest.raises(CnnDeployError, match=r"seed .*: expected an integer in \[0, 2\*\*64-1\]"):
+        TrainConfig(model="lenet5", dataset="mnist", out=str(tmp_path / "x"), seed=seed)
+    with pytest.raises(CnnDeployError, match="--seed"):
+        QuantConfig(seed=seed).check()
+    assert not (tmp_path / "x").exists()
+    assert TrainConfig(model="lenet5", dataset="mnist", out="x", seed=2**64 - 1).seed == 2**64 - 1
+
+
+MEASURED = {"macs": 10, "params": 5, "test_accuracy": 0.9}
+PRUNE_OK = {"source_run": "a", "amount": 0.5, "method": "l1", "round_to": None, "finetune_epochs": 1,
+            "finetune_lr": 0.1, "finetune_precision": "auto", "finetune_teacher": None, "before": MEASURED,
+            "pruned_before_finetune": MEASURED, "after_finetune": MEASURED, "macs_reduction": 2.0,
+            "params_reduction": 2.0, "widths": {}, "config": {}}
+
+
+@pytest.mark.parametrize("record,content,message", [
+    ("prune.json", {**PRUNE_OK, "before": {**MEASURED, "test_accuracy": "high"}},
+     "field 'before.test_accuracy' must be float, got a string"),
+    ("prune.json", {**PRUNE_OK, "after_finetune": {"macs": 10, "params": 5}}, "field 'after_finetune.test_accuracy' is missing"),
+    ("prune.json", {**PRUNE_OK, "pruned_before_finetune": [1, 2]},
+     "field 'pruned_before_finetune' must be an object, got a list"),
+    ("prune.json", {**PRUNE_OK, "before": {**MEASURED, "macs": True}}, "field 'before.macs' must be int, got a boolean"),
+    ("quant.json", {"model.int8-cpu.onnx": {"config": {"calib_size": "all"}}},
+     "entry 'model.int8-cpu.onnx': field 'config.calib_size' must be int, got a string"),
+    ("metrics.json", {"config": {"data_dir": 5}}, "field 'config.data_dir' must be str | null, got an integer"),
+    ("metrics.json", {"config": {"widths": {"features": "wide"}, "epochs": [3]}},
+     "field 'config.epochs' must be int | null, got a list"),
+    ("bench.json", {"environment": {"peak": {"cpu": {"fp32_gflops": "fast"}}}},
+     "field 'environment.peak.cpu.fp32_gflops' must be float | null, got a string"),
+    ("bench.json", {"environment": {"versions": {"torch": 2}}}, "field 'environment.versions.torch' must be str | null"),
+    ("bench.json", {"runs": ["a", 3]}, "field 'runs[1]' must be str, got an integer"),
+])
+def test_nested_fields_of_records_are_checked_and_named_by_their_path(record, content, message, tmp_path):
+    from cnndeploy.artifacts import records
+
+    (tmp_path / record).write_text(json.dumps(content))
+    reader = {"prune.json": records.PruneRecord.read, "metrics.json": records.read_metrics,
+              "quant.json": records.read_quant, "bench.json": records.read_bench}[record]
+    with pytest.raises(records.RecordError) as e:
+        reader(tmp_path)
+    assert str(tmp_path / record) in str(e.value) and message in str(e.value), str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_nested_records_as_the_writers_write_them_still_read(tmp_path):
+    from cnndeploy.artifacts import records
+
+    (tmp_path / "prune.json").write_text(json.dumps({**PRUNE_OK, "before": {**MEASURED, "test_accuracy": 1},
+                                                     "newer_field": {"x": 1}}))
+    assert records.PruneRecord.read(tmp_path).before["test_accuracy"] == 1
+    env = {"cpu": "x", "cpu_flags": ["avx2"], "cores": 2, "threads": None, "gpu": None, "versions": {"torch": "2"},
+           "git_commit": None, "peak": {"cpu": {"fp32_gflops": None, "basis": "CPU clock unknown"}, "gpu": None},
+           "python": "3.11"}
+    (tmp_path / "bench.json").write_text(json.dumps({"environment": env, "config": {}, "runs": ["a"], "rows": []}))
+    assert records.read_bench(tmp_path)["environment"] == env

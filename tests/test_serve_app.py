@@ -359,3 +359,83 @@ def test_launch_says_where_the_demo_is_in_our_words_without_gradios_hint_or_http
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if m.startswith("HTTP Request:")], messages
     assert f"demo on {url} (--share adds a public link)" in messages
+
+
+def _stored(root: Path, name: str, data: bytes) -> str:
+    """A file where Gradio's /upload route puts one: <upload folder>/<content hash>/<name>."""
+    import hashlib
+
+    path = root / hashlib.sha256(data + name.encode()).hexdigest() / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_uploads_are_deleted_once_read_and_nothing_else_is(tmp_path, monkeypatch):
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    from cnndeploy.serve.components import UploadReader, upload_image
+
+    root = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(root))
+    digit = servekit.mnist_example(7).read_bytes()
+    good, bad, big = (_stored(root, "a.png", digit), _stored(root, "b.png", b"not an image"),
+                      _stored(root, "big.png", servekit.oversized_png(2000)))
+    example = _stored(root, "example.png", digit)   # cached by Gradio, never uploaded
+    own = tmp_path / "mine.png"                       # a Python caller's own file
+    own.write_bytes(digit)
+    uploads = {good, bad, big, str(own)}
+    component = upload_image(max_file_size=1000 + len(digit), uploads=lambda: uploads, render=False)
+    assert component.preprocess(ImageData(path=good)).size == (28, 28)
+    assert not Path(good).exists() and not Path(good).parent.exists()
+    for path, message in ((bad, inputs.NOT_AN_IMAGE), (big, inputs.too_large(1000 + len(digit)))):
+        with pytest.raises(gr.Error) as excinfo:   # refused ones are deleted too
+            component.preprocess(ImageData(path=path))
+        assert excinfo.value.message == message and not Path(path).exists()
+    for path in (example, str(own)):
+        assert component.preprocess(ImageData(path=path)).size == (28, 28)
+        assert Path(path).read_bytes() == digit
+    assert uploads == {str(own)} and sorted(p.name for p in root.rglob("*.png")) == ["example.png"]
+    # Identical uploads share a path: a request still queued for it is answered from memory for a while ...
+    assert component.preprocess(ImageData(path=good)).size == (28, 28)
+    monkeypatch.setattr(UploadReader, "KEEP_SECONDS", 0.0)
+    with pytest.raises(gr.Error) as excinfo:   # ... and then told to upload again
+        component.preprocess(ImageData(path=good))
+    assert excinfo.value.message == inputs.UPLOAD_GONE
+
+
+def test_an_upload_is_gone_from_gradios_cache_once_classified(client, tmp_path):
+    import time
+
+    from gradio.utils import get_upload_folder
+
+    stamp = f"{os.getpid()}-{time.time_ns()}"
+    mine, bad = tmp_path / f"digit-{stamp}.png", tmp_path / f"bad-{stamp}.png"
+    mine.write_bytes(servekit.mnist_example(7).read_bytes())
+    bad.write_bytes(os.urandom(300))
+    assert _classify(client, mine)["lenet5-mnist:fp32@ort"]["labels"][0] == "7"
+    with pytest.raises(AppError):
+        _classify(client, bad)
+    cache = Path(get_upload_folder())
+    assert not list(cache.glob(f"*/{mine.name}")) and not list(cache.glob(f"*/{bad.name}"))
+    assert mine.is_file() and bad.is_file()   # the visitor's own copies are not the server's to delete
+
+
+def test_the_cache_backstop_ages_out_uploads_but_keeps_examples_and_downloads(demo, tmp_path):
+    import gradio as gr
+    from gradio.route_utils import delete_files_created_by_app
+
+    from cnndeploy.serve.app import DELETE_CACHE
+
+    blocks = build_blocks(demo)
+    assert blocks.delete_cache == DELETE_CACHE
+    kept = [s["path"] for c in blocks.blocks.values() if isinstance(c, gr.Dataset)
+            for sample in c.samples for s in sample if isinstance(s, dict)]
+    kept += [f["path"] for c in blocks.blocks.values() if isinstance(c, gr.File) for f in c.value or []]
+    assert len(kept) >= 10 and any(p.endswith(".onnx") for p in kept)
+    abandoned = _stored(Path(blocks.GRADIO_CACHE), f"never-classified-{os.getpid()}.png", b"x" * 100)
+    blocks.upload_file_set.add(abandoned)   # uploaded, but no request ever read it
+    delete_files_created_by_app(blocks, None)   # what delete_cache runs, here with every age
+    assert not Path(abandoned).exists()
+    assert all(Path(p).is_file() for p in kept)

@@ -19,10 +19,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from contextlib import ExitStack
 from typing import Any, Callable
 
 from cnndeploy.artifacts import files as layout
-from cnndeploy.artifacts import records
+from cnndeploy.artifacts import lock, records
 from cnndeploy.bench.harness import BenchConfig
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import ensure_dir, write_json_atomic
@@ -197,9 +198,11 @@ def _prune_stage(cfg: PipelineConfig, model: str, run: Path, pruned: Path, progr
     wanted = dataclasses.asdict(cfg.prune)
 
     def action() -> None:
-        if pruned.exists():  # unfinished, or made with other options: the pipeline's own folder to redo
+        leftovers = _held_files(pruned)
+        if leftovers:  # unfinished, or made with other options: the pipeline's own folder to redo
             log.info("%s is incomplete or was pruned with other options: pruning again", pruned)
-            shutil.rmtree(pruned)
+            for p in leftovers:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         prune_run(run, cfg.prune, out=str(pruned), data_dir=cfg.data_dir, device=cfg.device, progress=progress)
 
     def recorded() -> dict | None:
@@ -207,6 +210,11 @@ def _prune_stage(cfg: PipelineConfig, model: str, run: Path, pruned: Path, progr
         return record.config if record else None
     return Stage(f"{model}: prune {round(100 * cfg.prune.amount)}% + fine-tune",
                  [pruned / layout.METRICS, pruned / layout.PRUNE], [run / layout.WEIGHTS], action, wanted, recorded)
+
+
+def _held_files(folder: Path) -> list[Path]:
+    """What `folder` holds but its lock file (the pipeline holds that lock for the whole run)."""
+    return [p for p in folder.iterdir() if p.name != layout.LOCK] if folder.is_dir() else []
 
 
 def _artifact_stages(cfg: PipelineConfig, label: str, run: Path) -> list[Stage]:
@@ -291,12 +299,20 @@ def _bench_stage(cfg: PipelineConfig, runs: list[Path], progress: bool) -> Stage
 
 def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> Path:
     """Run every stage that is not complete yet; write pipeline.json and report.md; return the report path."""
-    from cnndeploy.bench.report import write_report
-
     t0 = time.perf_counter()
     out = Path(cfg.out)
     stages, runs = plan(cfg, progress=progress)
     ensure_dir(out, what="--out")
+    with ExitStack() as held:  # its folders, for the whole run: the stages take the same locks again
+        for folder in (out, *runs, out / layout.BENCH_DIR):
+            held.enter_context(lock.writing(folder, command="cnndeploy pipeline"))
+        return _run_stages(cfg, out, stages, runs, t0, progress)
+
+
+def _run_stages(cfg: PipelineConfig, out: Path, stages: list[Stage], runs: list[Path], t0: float,
+                progress: bool) -> Path:
+    from cnndeploy.bench.report import write_report
+
     record: list[dict[str, Any]] = []
     total = len(stages) + 1
     for i, stage in enumerate(stages, 1):

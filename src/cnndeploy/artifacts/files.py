@@ -17,6 +17,7 @@ CHECKPOINT = "checkpoint.safetensors"
 PRUNE, QUANT, BENCH, PIPELINE, REPORT = "prune.json", "quant.json", "bench.json", "pipeline.json", "report.md"
 BENCH_DIR = "bench"
 PRUNE_INIT = "pruned-init.safetensors"   # a pruned run's starting weights, before its fine-tune
+LOCK = ".cnndeploy.lock"   # held (flock) by the one command writing a folder: artifacts/lock.py
 
 FLOAT_INPUT = "float32 NCHW, normalised"
 UINT8_INPUT = "uint8 NHWC pixels, normalisation inside"

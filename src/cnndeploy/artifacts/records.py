@@ -74,26 +74,84 @@ def _kind(value: Any) -> str:
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value has the type a dataclass field is annotated with (bools are no numbers)."""
-    if hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(fits(value, h) for h in typing.get_args(hint))
+def _hint_text(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_hint_text(h) for h in typing.get_args(hint))
     if hint is type(None):
-        return value is None
-    if hint is float:  # JSON writes 1.0 as 1.0, but people and other tools write 1
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin or hint)
+        return "null"
+    if typing.is_typeddict(hint) or dataclasses.is_dataclass(hint):
+        return "an object"
+    if typing.get_origin(hint) is not None or hint is Any:
+        return str(hint).replace("typing.", "")
+    return {dict: "an object", list: "a list"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _mismatch(value: Any, hint: Any, where: str) -> str | None:
+    """Why a JSON value is not of type `hint` (the innermost field path and what was found), or None.
+
+    Nested objects typed as a TypedDict or dataclass, `dict[str, X]` and `list[X]` are checked all the
+    way down; keys of newer writers (not in the schema) are let through."""
+    if hint is Any:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        problems = [_mismatch(value, h, where) for h in args]
+        if all(problems):   # the deepest reason of the one alternative that is the same kind of value
+            deep = [p for p, h in zip(problems, args) if isinstance(value, typing.get_origin(h) or _base(h))]
+            return deep[0] if deep else f"field '{where}' must be {_hint_text(hint)}, got {_kind(value)}"
+        return None
+    if typing.is_typeddict(hint) or dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            return f"field '{where}' must be an object, got {_kind(value)}"
+        hints = typing.get_type_hints(hint)
+        required = hint.__required_keys__ if typing.is_typeddict(hint) else {
+            f.name for f in dataclasses.fields(hint)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(set(required) - set(value))
+        if missing:
+            return f"field '{where}.{missing[0]}' is missing"
+        return next((p for k, h in hints.items() if k in value
+                     for p in [_mismatch(value[k], h, f"{where}.{k}")] if p), None)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"field '{where}' must be an object, got {_kind(value)}"
+        return next((p for k, v in value.items() for p in [_mismatch(v, args[1], f"{where}.{k}")] if p), None) \
+            if args else None
+    if origin is list:
+        if not isinstance(value, list):
+            return f"field '{where}' must be a list, got {_kind(value)}"
+        return next((p for i, v in enumerate(value) for p in [_mismatch(v, args[0], f"{where}[{i}]")] if p), None) \
+            if args else None
+    if hint is type(None):
+        ok = value is None
+    elif hint is float:  # JSON writes 1.0 as 1.0, but people and other tools write 1
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, origin or hint)
+    return None if ok else f"field '{where}' must be {_hint_text(hint)}, got {_kind(value)}"
+
+
+def _base(hint: Any) -> type:
+    """The JSON kind a hint describes (an object for TypedDicts and dataclasses), for picking a union's branch."""
+    if typing.is_typeddict(hint) or dataclasses.is_dataclass(hint):
+        return dict
+    if hint is float:
+        return (int, float)  # type: ignore[return-value]
+    return hint if isinstance(hint, type) else object
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the type a dataclass field is annotated with (bools are no numbers),
+    nested objects and lists included."""
+    return _mismatch(value, hint, "") is None
 
 
 def schema_problem(cls: type, data: Any, *, partial: bool = False) -> str | None:
-    """What keeps `data` from being a `cls` record (the field and the type found), or None.
+    """What keeps `data` from being a `cls` record (the field path and the type found), or None.
 
-    With `partial`, fields may be missing; those present must still have their type.
+    With `partial`, top-level fields may be missing; those present must still have their type.
     """
     if not isinstance(data, dict):
         return f"expected a JSON object, found {_kind(data)}"
@@ -102,8 +160,8 @@ def schema_problem(cls: type, data: Any, *, partial: bool = False) -> str | None
         if f.name not in data:
             if not partial and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 return f"field '{f.name}' is missing"
-        elif not fits(data[f.name], hints[f.name]):
-            return f"field '{f.name}' is {_kind(data[f.name])}"
+        elif problem := _mismatch(data[f.name], hints[f.name], f.name):
+            return problem
     return None
 
 
@@ -116,6 +174,20 @@ def read_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _bad(path, f"expected a JSON object, found {_kind(data)}")
     return data
+
+
+class TrainSettings(typing.TypedDict, total=False):
+    """The TrainConfig a run recorded (metrics.json's config): the fields its readers use."""
+    model: str
+    dataset: str
+    epochs: int | None
+    batch_size: int | None
+    lr: float | None
+    seed: int
+    precision: str
+    data_dir: str | None
+    widths: dict[str, Any] | None
+    teacher: str | None
 
 
 @dataclass
@@ -136,7 +208,7 @@ class TrainMetrics(Record):
     torch: str
     dataset_source: str
     world_size: int
-    config: dict[str, Any] = field(default_factory=dict)   # the TrainConfig it ran with (resolved)
+    config: TrainSettings = field(default_factory=dict)   # type: ignore[assignment]  # the TrainConfig it ran with
 
     def write(self, run: Path) -> None:
         write_json_atomic(Path(run) / METRICS, self.to_json())
@@ -153,6 +225,13 @@ def read_metrics(run: Path) -> dict[str, Any]:
     return data
 
 
+class Measured(typing.TypedDict):
+    """A network's cost and accuracy at one point of pruning (prune.json's before / after)."""
+    macs: int
+    params: int
+    test_accuracy: float
+
+
 @dataclass
 class PruneRecord(Record):
     """prune.json: how a pruned run was made from its parent, and what it cost and bought."""
@@ -164,9 +243,9 @@ class PruneRecord(Record):
     finetune_lr: float
     finetune_precision: str
     finetune_teacher: str | None
-    before: dict[str, Any]
-    pruned_before_finetune: dict[str, Any]
-    after_finetune: dict[str, Any]
+    before: Measured
+    pruned_before_finetune: Measured
+    after_finetune: Measured
     macs_reduction: float
     params_reduction: float
     widths: dict[str, Any]
@@ -188,6 +267,14 @@ def source_run(run: Path) -> Path | None:
     return Path(record.source_run) if record else None
 
 
+class QuantSettings(typing.TypedDict, total=False):
+    """The QuantConfig an INT8 file was made with."""
+    target: str
+    method: str
+    calib_size: int
+    seed: int
+
+
 @dataclass
 class QuantRecord(Record):
     """One entry of quant.json (one per quantized file): calibration, accuracy and size."""
@@ -206,7 +293,7 @@ class QuantRecord(Record):
     dataset_source: str
     fp32_sha256: str
     test_set_sha256: str
-    config: dict[str, Any] = field(default_factory=dict)   # the QuantConfig it ran with
+    config: QuantSettings = field(default_factory=dict)   # type: ignore[assignment]  # the QuantConfig it ran with
 
 
 def read_quant(run: Path) -> dict[str, dict[str, Any]]:
@@ -272,13 +359,48 @@ BENCH_COLUMNS = ("variant", "run", "file", "backend", "precision", "compute_prec
                  "parent", "parent_backend", "speed_vs_parent", "flag_tolerance", "slower_than_parent", "status")
 
 
+class Peak(typing.TypedDict, total=False):
+    fp32_gflops: float | None
+    fp16_gflops: float | None
+    int8_gops: float | None
+    measured_ceiling_gflops: float | None
+    basis: str
+
+
+class Peaks(typing.TypedDict, total=False):
+    cpu: Peak | None
+    gpu: Peak | None
+
+
+class GpuInfo(typing.TypedDict, total=False):
+    name: str
+    compute_capability: str
+    driver: str | None
+
+
+class BenchEnvironment(typing.TypedDict, total=False):
+    """bench.json's environment: what report.md's environment line reads (bench/env.py writes it)."""
+    cpu: str
+    cpu_flags: list[str]
+    cores: int | None
+    threads: int | None
+    gpu: GpuInfo | None
+    versions: dict[str, str | None]
+    git_commit: str | None
+    peak: Peaks
+
+
+# bench.json's top level; its rows are BenchRows, each dropped when not in the schema
+BENCH_FILE = {"rows": list, "config": dict[str, Any], "environment": BenchEnvironment, "runs": list[str]}
+
+
 def read_bench(folder: Path) -> dict[str, Any]:
     """bench.json: {"environment", "config", "runs", "rows": [BenchRow]}; rows not in the schema are dropped."""
     path = Path(folder) / BENCH
     data = read_object(path)
-    for key, kind in (("rows", list), ("config", dict), ("environment", dict), ("runs", list)):
-        if key in data and not isinstance(data[key], kind):
-            raise _bad(path, f"field '{key}' is {_kind(data[key])}")
+    for key, hint in BENCH_FILE.items():
+        if key in data and (problem := _mismatch(data[key], hint, key)):
+            raise _bad(path, problem)
     return {**data, "rows": [r for r in map(BenchRow.from_json, data.get("rows", [])) if r is not None]}
 
 

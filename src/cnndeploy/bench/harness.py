@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from cnndeploy.artifacts import lock
 from cnndeploy.artifacts.card import ModelCard
 from cnndeploy.artifacts.files import made_by
 from cnndeploy.artifacts.records import BENCH_COLUMNS, BenchRow, source_run, write_bench
@@ -203,26 +204,27 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
         families.setdefault(family_root(Path(rd), known).name, []).extend(
             (w, b) for v in variants for b in cfg.backends if KIND[b] == v.kind for w in backend_variants(b, v))
         missing += [(Path(rd).name, b) for b in cfg.backends if not any(KIND[b] == v.kind for v in variants)]
-    ensure_dir(Path(out), what="--out")  # before any measuring: an unwritable --out would lose it all
-    rows = [BenchRow(variant=f"{run}:-", run=run, file=None, backend=b, precision=None, batch_size=None,
-                     size_bytes=None, status=f"skipped: no {KIND[b]} file in {run} ({made_by(KIND[b])})")
-            for run, b in missing]
-    env = environment(cfg.threads)
-    import torch
+    # before any measuring: an unwritable --out, or one another bench is writing, would lose it all
+    with lock.writing(out, command="cnndeploy bench"):
+        rows = [BenchRow(variant=f"{run}:-", run=run, file=None, backend=b, precision=None, batch_size=None,
+                         size_bytes=None, status=f"skipped: no {KIND[b]} file in {run} ({made_by(KIND[b])})")
+                for run, b in missing]
+        env = environment(cfg.threads)
+        import torch
 
-    saved_threads = torch.get_num_threads()  # the torch runner sets --threads process-wide: put it back
-    count = sum(len(jobs) for jobs in families.values())
-    numbers = (f"{i}/{count}" for i in range(1, count + 1))
-    try:
-        with tqdm(total=count * (1 + cfg.rounds), desc="bench", unit="step",  # load, then each round
-                  disable=None if progress else True) as bar:
-            for jobs in families.values():
-                rows += _bench_family(jobs, data, cfg, env["peak"], bar, numbers)
-    finally:
-        torch.set_num_threads(saved_threads)
-    _flag_slow_compression(rows, parents, cfg.noise_floor)
-    _write(Path(out), rows, env, cfg, [Path(rd).name for rd in run_dirs])
-    return rows
+        saved_threads = torch.get_num_threads()  # the torch runner sets --threads process-wide: put it back
+        count = sum(len(jobs) for jobs in families.values())
+        numbers = (f"{i}/{count}" for i in range(1, count + 1))
+        try:
+            with tqdm(total=count * (1 + cfg.rounds), desc="bench", unit="step",  # load, then each round
+                      disable=None if progress else True) as bar:
+                for jobs in families.values():
+                    rows += _bench_family(jobs, data, cfg, env["peak"], bar, numbers)
+        finally:
+            torch.set_num_threads(saved_threads)
+        _flag_slow_compression(rows, parents, cfg.noise_floor)
+        _write(Path(out), rows, env, cfg, [Path(rd).name for rd in run_dirs])
+        return rows
 
 
 def _write(out: Path, rows: list[BenchRow], env: dict, cfg: BenchConfig, runs: list[str]) -> None:

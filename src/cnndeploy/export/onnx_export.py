@@ -20,6 +20,7 @@ from cnndeploy.data import dataset_for
 from cnndeploy.data.types import normalise
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import atomic_path
+from cnndeploy.artifacts import lock
 from cnndeploy.artifacts.card import ModelCard
 from cnndeploy.artifacts.files import ONNX, spec
 from cnndeploy.models.weights import load_run
@@ -158,8 +159,15 @@ def export_onnx(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = N
     """
     check_opset(opset)
     model, card = load_run(run_dir)
-    images = validation_images(card, data_dir)
     final = Path(out) if out else Path(run_dir) / ONNX
+    with lock.writing(final.parent, command="cnndeploy export", what="--out" if out else "RUN_DIR"):
+        return _export_locked(final, model, card, opset=opset, data_dir=data_dir,
+                              with_preprocess=with_preprocess, fp16=fp16)
+
+
+def _export_locked(final: Path, model: torch.nn.Module, card: ModelCard, *, opset: int, data_dir: str | None,
+                   with_preprocess: bool, fp16: bool) -> tuple[Path, dict]:
+    images = validation_images(card, data_dir)
     report = _write(final, model, images, card, opset, {})
     if with_preprocess:
         pixels = validation_pixels(card, data_dir)

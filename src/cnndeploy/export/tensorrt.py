@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from cnndeploy.artifacts import lock
 from cnndeploy.artifacts.files import ENGINE_RE, ENGINE_SOURCES, engine_name, spec  # noqa: F401 (ENGINE_RE: import path kept)
 from cnndeploy.fileio import write_bytes_atomic
 from cnndeploy.runtime.tensorrt import (MAX_BATCH, TensorRTError, TensorRTRunner,  # noqa: F401
@@ -39,6 +40,13 @@ def build_engine(run_dir: str | os.PathLike, *, precision: str = "fp32", max_bat
     onnx_path = run / ENGINE_SOURCES[precision]
     if not onnx_path.is_file():
         raise TensorRTError(f"{onnx_path} not found; run '{spec(onnx_path.name).made_by}' first")
+    with lock.writing(run, command="cnndeploy export --trt", what="RUN_DIR"):
+        return _build_locked(trt, run, onnx_path, precision=precision, max_batch=max_batch,
+                             workspace_gib=workspace_gib)
+
+
+def _build_locked(trt, run: Path, onnx_path: Path, *, precision: str, max_batch: int,
+                  workspace_gib: float) -> Path:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = _parse_onnx(trt, builder, logger, onnx_path)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cnndeploy import __version__
-from cnndeploy.artifacts import files as layout
+from cnndeploy.artifacts import files as layout, lock
 from cnndeploy.artifacts.variants import discover
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import write_bytes_atomic
@@ -284,12 +284,17 @@ def run_as_declared(config, onnx_path: Path, batch: int = 2) -> dict[str, np.nda
 
 # --- the repository ----------------------------------------------------------------------------
 
-def prepare_repo(repo: Path) -> None:
-    """Create `repo`, or accept it if empty or ours; refuse anything else before writing a byte."""
+def _refuse_a_file(repo: Path) -> None:
     if repo.exists() and not repo.is_dir():
         raise TritonError(f"--triton-repo {repo} is a file; expected a folder (new, empty, or written by "
                           "an earlier --triton-repo)")
-    if repo.is_dir() and not (repo / MARKER).is_file() and any(repo.iterdir()):
+
+
+def prepare_repo(repo: Path) -> None:
+    """Accept `repo` if empty (but for the lock file its writer holds) or ours; refuse anything else
+    before writing a byte."""
+    _refuse_a_file(repo)
+    if repo.is_dir() and not (repo / MARKER).is_file() and any(p.name != layout.LOCK for p in repo.iterdir()):
         raise TritonError(f"--triton-repo {repo} is not empty and was not written by cnndeploy (no {MARKER} "
                           "in it); choose a new or empty folder, nothing was written")
     write_bytes_atomic(repo / MARKER, b"Triton model repository written by 'cnndeploy export --triton-repo'.\n"
@@ -378,14 +383,16 @@ def write_triton_repo(run_dirs: list[str | os.PathLike], repo: str | os.PathLike
                 raise TritonError(f"two run directories would both become the Triton model {name!r} "
                                   f"({planned[name][0]} and {run}); rename one of them")
             planned[name] = (run, variant)
-    prepare_repo(repo)
-    written = []
-    for name, (run, variant) in planned.items():
-        summary: dict[str, Any] = {}
-        _install(repo, name, lambda folder: summary.update(_build_model(folder, name, variant, options)))
-        written.append(summary)
-        log.debug("%s: %s -> %s", name, variant.file, repo / name)
-    return written
+    _refuse_a_file(repo)
+    with lock.writing(repo, command="cnndeploy export --triton-repo", what="--triton-repo"):
+        prepare_repo(repo)
+        written = []
+        for name, (run, variant) in planned.items():
+            summary: dict[str, Any] = {}
+            _install(repo, name, lambda folder: summary.update(_build_model(folder, name, variant, options)))
+            written.append(summary)
+            log.debug("%s: %s -> %s", name, variant.file, repo / name)
+        return written
 
 
 def _check_options(options: TritonOptions) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cnndeploy.artifacts import lock
 from cnndeploy.artifacts.card import ModelCard
 from cnndeploy.artifacts.files import ONNX, QUANT_TARGETS
 from cnndeploy.artifacts.records import QuantRecord, read_quant, write_quant_entry
@@ -80,21 +81,28 @@ class QuantConfig:
             raise CnnDeployError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
         if self.calib_size < 1:
             raise CnnDeployError(f"--calib-size {self.calib_size}: expected a positive number of images")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise CnnDeployError(f"--seed {self.seed!r}: expected an integer in [0, 2**64-1]")
         return self
 
 
 def quantize_run(run_dir: str | os.PathLike, cfg: QuantConfig = QuantConfig(), *,
                  data_dir: str | None = None) -> QuantRecord:
     """Write RUN_DIR/model.int8-<target>.onnx and its quant.json entry; return that entry."""
+    cfg.check()
+    onnxruntime()  # onnxruntime.quantization comes with either flavour: one clear error without both
+    run = Path(run_dir)
+    card = ModelCard.read(run)
+    with lock.writing(run, command="cnndeploy quant", what="RUN_DIR"):  # export_onnx takes it again
+        return _quantize_locked(run, card, cfg, data_dir=data_dir)
+
+
+def _quantize_locked(run: Path, card: ModelCard, cfg: QuantConfig, *, data_dir: str | None) -> QuantRecord:
     from cnndeploy.data import dataset_for
     from cnndeploy.export import export_onnx
     from cnndeploy.quant.calibration import calibration_images
     from cnndeploy.runtime import evaluate
 
-    cfg.check()
-    onnxruntime()  # onnxruntime.quantization comes with either flavour: one clear error without both
-    run = Path(run_dir)
-    card = ModelCard.read(run)
     previous = read_quant(run)  # a malformed quant.json is refused before any work
     ds = dataset_for(card, data_dir=data_dir)  # once: calibration, and both evaluations
     images = calibration_images(card, size=cfg.calib_size, seed=cfg.seed, ds=ds)

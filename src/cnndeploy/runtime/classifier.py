@@ -92,8 +92,11 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
 
 
 def _upright_8bit(img: Image.Image) -> Image.Image:
-    """Take the first frame, apply EXIF rotation, scale 16-bit grey to 8 bits: a decoded copy."""
-    if getattr(img, "n_frames", 1) > 1:
+    """Take the first frame, apply EXIF rotation, scale 16-bit grey to 8 bits: a decoded copy.
+
+    Never asks for n_frames: a TIFF counts its pages by walking every one (48,000 pages of 5 MB: ~30 s).
+    """
+    if img.tell() != 0:
         img.seek(0)
     out = ImageOps.exif_transpose(img)  # a decoded copy, rotated if EXIF says so
     if out is None or out is img:

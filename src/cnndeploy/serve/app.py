@@ -30,6 +30,7 @@ from cnndeploy.runtime.classifier import ImageInputError
 
 log = logging.getLogger(__name__)
 EXAMPLES = Path(__file__).parent / "examples"
+DELETE_CACHE = (600, 3600)  # every 10 minutes, delete the demo's cached files older than an hour
 INTERNAL = "Something went wrong while answering this request. The server's log has the details."
 BENCH_FAILED = ("The quick bench could not run here (it needs each model's test set on the server). "
                 "Run `cnndeploy bench RUN_DIR...` where the dataset is and serve again.")
@@ -148,7 +149,7 @@ def _examples_for(group: Group) -> list[str]:
     return sorted(str(p) for p in folder.glob("*") if p.suffix in (".png", ".jpg")) if folder.is_dir() else []
 
 
-def _classify_panel(gr, demo: Demo, group: Group, index: int) -> None:
+def _classify_panel(gr, demo: Demo, group: Group, index: int, uploads: Callable[[], set[str] | None]) -> None:
     from cnndeploy.serve.components import digit_pad, upload_image
 
     h, w = group.meta["height"], group.meta["width"]
@@ -167,7 +168,8 @@ def _classify_panel(gr, demo: Demo, group: Group, index: int) -> None:
                         draw = gr.Button("Classify drawing", variant="primary", elem_id=f"classify-drawing-{index}")
                 with gr.Tab("Upload"):
                     upload = upload_image(label="Upload a picture", sources=["upload", "clipboard"], height=300,
-                                         max_file_size=demo.max_file_size, elem_id=f"upload-{index}")
+                                         max_file_size=demo.max_file_size, elem_id=f"upload-{index}",
+                                         uploads=uploads)
                     button = gr.Button("Classify", variant="primary", elem_id=f"classify-{index}")
         with gr.Column(scale=2):
             view = gr.Image(label=f"What the models saw ({w}×{h}, enlarged)", type="pil", format="png",
@@ -184,12 +186,12 @@ def _classify_panel(gr, demo: Demo, group: Group, index: int) -> None:
                     cache_examples=False, examples_per_page=len(examples), label=f"{group.title} test images")
 
 
-def _api_endpoint(gr, demo: Demo) -> None:
+def _api_endpoint(gr, demo: Demo, uploads: Callable[[], set[str] | None]) -> None:
     """The `classify` endpoint: hidden components, since an endpoint is an event of components."""
     from cnndeploy.serve.components import upload_image
 
     with gr.Row(visible=False):
-        image = upload_image(label="image", max_file_size=demo.max_file_size)
+        image = upload_image(label="image", max_file_size=demo.max_file_size, uploads=uploads)
         result = gr.JSON(label="answers")
         trigger = gr.Button("classify")
     trigger.click(guarded(demo.api_classify), image, result, api_name="classify",
@@ -226,19 +228,26 @@ def _models_tab(gr, demo: Demo) -> None:
 def build_blocks(demo: Demo, *, max_queue: int = 64, concurrency: int = 4):
     """The page for a loaded Demo, queued: at most `max_queue` waiting, `concurrency` at once."""
     gr = _gradio()
-    # No delete_cache: it would also age out the examples and ONNX files Gradio copies at start-up.
-    with gr.Blocks(title="cnndeploy demo", analytics_enabled=False) as blocks:
+    built: list[Any] = []
+
+    def uploads() -> set[str] | None:  # what visitors uploaded to this Blocks: deleted once read
+        return built[0].upload_file_set if built else None
+    # Uploads are deleted once read (components.UploadReader); delete_cache ages out what is never read
+    # (an upload no request classified) and the pictures sent back. Gradio keeps the examples and the
+    # ONNX downloads (default values) out of it.
+    with gr.Blocks(title="cnndeploy demo", analytics_enabled=False, delete_cache=DELETE_CACHE) as blocks:
         gr.Markdown("# cnndeploy: every variant, one image\nFP32, pruned and INT8 variants side by side, "
                     "with the latency of each request.")
         with gr.Tab("Classify"):
             for i, group in enumerate(demo.groups):
                 with gr.Tab(group.title) if len(demo.groups) > 1 else gr.Group():
-                    _classify_panel(gr, demo, group, i)
+                    _classify_panel(gr, demo, group, i, uploads)
         with gr.Tab("Benchmark"):
             _bench_tab(gr, demo)
         with gr.Tab("Models"):
             _models_tab(gr, demo)
-        _api_endpoint(gr, demo)
+        _api_endpoint(gr, demo, uploads)
+    built.append(blocks)
     return blocks.queue(max_size=max_queue, default_concurrency_limit=concurrency)
 
 

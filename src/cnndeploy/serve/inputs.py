@@ -25,6 +25,8 @@ TOO_MANY_PIXELS = (f"That image has too many pixels (a possible decompression bo
                    f"{SIDE}×{SIDE} pixels.")
 EMPTY_DRAWING = "The drawing pad is empty: draw a digit first."
 NO_IMAGE = "No image was given: upload a picture first."
+UPLOAD_GONE = ("That upload is no longer on the server (each upload is deleted once it has been classified): "
+               "upload the picture again.")
 log = logging.getLogger(__name__)
 
 

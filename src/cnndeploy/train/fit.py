@@ -8,6 +8,7 @@ import logging
 import tempfile
 import time
 import typing
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from cnndeploy.artifacts import files as layout
-from cnndeploy.artifacts import records
+from cnndeploy.artifacts import lock, records
 from cnndeploy.models import weights
 from cnndeploy.data import ImageDataset, load_dataset
 from cnndeploy.data.device import DeviceSplit, ShardedSplit, augment_for
@@ -33,6 +34,15 @@ from cnndeploy.train.ema import ModelEma
 from cnndeploy.train.schedule import SCHEDULES, lr_at
 
 log = logging.getLogger("cnndeploy")
+
+
+SEED_MAX = 2**64 - 1  # torch.manual_seed's range
+
+
+def check_seed(seed: object, what: str = "seed") -> None:
+    """An integer in [0, 2**64-1]; bools are no seeds (True would silently be 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise CnnDeployError(f"{what} {seed!r}: expected an integer in [0, 2**64-1] (torch.manual_seed's range)")
 
 
 @dataclass
@@ -60,6 +70,9 @@ class TrainConfig:
     sync_bn: bool = False              # under torchrun on GPUs: BatchNorm over the whole global batch
     precision: str = "auto"            # training compute: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16
     teacher: str | None = None         # a run directory whose model teaches (knowledge distillation)
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)  # built from Python, not only from the command line (which checks it too)
 
     def resolved(self) -> "TrainConfig":
         """Fill unset hyper-parameters from the model's recipe for this dataset."""
@@ -132,8 +145,6 @@ def _fit_batch(cfg: TrainConfig, train_images: int, world_size: int) -> TrainCon
 
 def _prepare_out(out: Path, resume: bool) -> bool:
     """Refuse to clobber a finished run or silently restart an unfinished one; True if resuming."""
-    if out.exists() and not out.is_dir():
-        raise CnnDeployError(f"--out {out} is a file; expected a run directory")
     has_ckpt = (out / layout.CHECKPOINT).is_file()
     if resume:
         if not has_ckpt:
@@ -272,8 +283,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] = frozen
         return _train(cfg, dist, resume=resume, explicit=explicit, progress=progress and dist.is_main)
 
 
-def _resolve(out: Path, cfg: TrainConfig, resume: bool, explicit: set[str]) -> tuple[dict, bool]:
-    """The config to run (the saved one when resuming), as JSON so rank 0 can send it to the others."""
+def _resolve(out: Path, cfg: TrainConfig, resume: bool, explicit: set[str],
+             held: ExitStack) -> tuple[dict, bool]:
+    """The config to run (the saved one when resuming), as JSON so rank 0 can send it to the others.
+
+    Rank 0 takes the run directory's write lock first (held until `held` closes): two runs into one
+    --out would both pass _prepare_out's checks before either had written anything."""
+    if out.exists() and not out.is_dir():
+        raise CnnDeployError(f"--out {out} is a file; expected a run directory")
+    held.enter_context(lock.writing(out, command="cnndeploy train"))
     resume = _prepare_out(out, resume)
     cfg = _resume_config(out, cfg, explicit) if resume else cfg.resolved()
     return dataclasses.asdict(cfg), resume
@@ -306,8 +324,14 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 
 def _train(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str],
            progress: bool) -> records.TrainMetrics:
+    with ExitStack() as held:
+        return _train_locked(cfg, dist, resume=resume, explicit=explicit, progress=progress, held=held)
+
+
+def _train_locked(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[str], progress: bool,
+                  held: ExitStack) -> records.TrainMetrics:
     out = Path(cfg.out)
-    saved, resuming = dist.from_main(lambda: _resolve(out, cfg, resume, explicit))
+    saved, resuming = dist.from_main(lambda: _resolve(out, cfg, resume, explicit, held))
     cfg = TrainConfig(**saved)
     check_precision(cfg.precision)  # also a resumed or API-built config
     check_recipe_options(cfg)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cnndeploy.artifacts import files as layout
-from cnndeploy.artifacts import records
+from cnndeploy.artifacts import lock, records
 from cnndeploy.artifacts.card import ModelCard
 from cnndeploy.artifacts.records import PruneRecord
 from cnndeploy.data import dataset_for
@@ -138,6 +138,15 @@ def prune_run(run_dir: str | os.PathLike, cfg: PruneConfig = PruneConfig(), *, o
     model, card = weights.load_run(run)
     original = _recorded_config(run)  # read before the slow work: a malformed metrics.json stops here
     out_dir = Path(out) if out else run.with_name(layout.pruned_run_name(run.name, cfg.amount))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CnnDeployError(f"--out {out_dir} is a file; expected a run directory")
+    with lock.writing(out_dir, command="cnndeploy prune"):  # its fine-tune's train takes it again
+        return _prune_into(run, out_dir, cfg, model, card, original, data_dir=data_dir, device=device,
+                           progress=progress)
+
+
+def _prune_into(run: Path, out_dir: Path, cfg: PruneConfig, model: nn.Module, card: ModelCard, original: dict,
+                *, data_dir: str | None, device: str, progress: bool) -> PruneRecord:
     if (out_dir / layout.METRICS).exists() or (out_dir / layout.CHECKPOINT).exists():
         raise CnnDeployError(f"{out_dir} already holds a run; choose another --out (nothing was overwritten)")
     ds = dataset_for(card, data_dir=data_dir)
