@@ -172,9 +172,12 @@ def _fake_run(folder, name, dataset, accuracy, test_images, parent=None):
     if parent:
         from cnndeploy.artifacts.records import PruneRecord
 
+        def m(macs, acc):
+            return {"macs": macs, "params": macs // 10, "test_accuracy": acc}
+
         PruneRecord(source_run=str(parent), amount=0.5, method="l2", round_to=8, finetune_epochs=1, finetune_lr=0.01,
-                    finetune_precision="fp32", finetune_teacher=None, before={}, pruned_before_finetune={},
-                    after_finetune={}, macs_reduction=2.0, params_reduction=2.0, widths={}).write(run)
+                    finetune_precision="fp32", finetune_teacher=None, before=m(1000, 0.99),
+                    pruned_before_finetune=m(500, 0.9), after_finetune=m(500, 0.98), macs_reduction=2.0, params_reduction=2.0, widths={}).write(run)
     return run
 
 
