@@ -92,9 +92,10 @@ def _always_zero(run: Path, out: Path) -> Path:
         (out / name).write_bytes((run / name).read_bytes())
     from cnndeploy.artifacts.records import PruneRecord
 
+    measured = {"macs": 436_000, "params": 61_706, "test_accuracy": 0.98}  # not pruned: the same network
     PruneRecord(source_run=str(run), amount=0.5, method="l2", round_to=8, finetune_epochs=1, finetune_lr=0.01,
-                finetune_precision="fp32", finetune_teacher=None, before={}, pruned_before_finetune={},
-                after_finetune={}, macs_reduction=1.0, params_reduction=1.0, widths={}).write(out)
+                finetune_precision="fp32", finetune_teacher=None, before=measured,
+                pruned_before_finetune=measured, after_finetune=measured, macs_reduction=1.0, params_reduction=1.0, widths={}).write(out)
     return out
 
 
@@ -162,3 +163,15 @@ def oversized_png(min_bytes: int) -> bytes:
     Image.fromarray(noise).save(buf, format="PNG")
     assert buf.tell() > min_bytes
     return buf.getvalue()
+
+
+def on_openvino(run: str, *precisions: str) -> set[str]:
+    """The members OpenVINO adds where it is installed: every ONNX file, and bf16 of model.onnx on a bf16 CPU."""
+    import importlib.util
+
+    from cnndeploy.system import cpu_has_bf16
+
+    if importlib.util.find_spec("openvino") is None:
+        return set()
+    extra = ("bf16",) if "fp32" in precisions and cpu_has_bf16() else ()
+    return {f"{run}:{p}@openvino" for p in (*precisions, *extra)}

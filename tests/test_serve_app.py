@@ -61,24 +61,12 @@ def _assert_friendly(excinfo: pytest.ExceptionInfo, message: str) -> None:
     assert "Traceback" not in text and "/" not in text  # no stack, no path
 
 
-def _on_openvino(run: str, *precisions: str) -> set[str]:
-    """The members OpenVINO adds where it is installed: every ONNX file, and bf16 of model.onnx on a bf16 CPU."""
-    import importlib.util
-
-    from cnndeploy.system import cpu_has_bf16
-
-    if importlib.util.find_spec("openvino") is None:
-        return set()
-    extra = ("bf16",) if "fp32" in precisions and cpu_has_bf16() else ()
-    return {f"{run}:{p}@openvino" for p in (*precisions, *extra)}
-
-
 def test_mnist_digit_answered_by_every_variant(client, runs):
     result = _classify(client, servekit.mnist_example(7))
     mnist = {k: v for k, v in result.items() if v["dataset"] == "mnist"}
     assert set(mnist) == {"lenet5-mnist:fp32@ort", "lenet5-mnist:fp32@torch", "lenet5-mnist:int8-cpu@ort",
-                          "lenet5-mnist-always0:fp32@ort", *_on_openvino("lenet5-mnist", "fp32", "int8-cpu"),
-                          *_on_openvino("lenet5-mnist-always0", "fp32")}
+                          "lenet5-mnist-always0:fp32@ort", *servekit.on_openvino("lenet5-mnist", "fp32", "int8-cpu"),
+                          *servekit.on_openvino("lenet5-mnist-always0", "fp32")}
     fp32 = mnist["lenet5-mnist:fp32@ort"]
     assert fp32["labels"][0] == "7" and fp32["agrees_with_fp32"] is None  # it is the reference
     for name, a in mnist.items():
@@ -89,7 +77,7 @@ def test_mnist_digit_answered_by_every_variant(client, runs):
     assert mnist["lenet5-mnist:fp32@torch"]["labels"] == fp32["labels"]
     assert np.allclose(mnist["lenet5-mnist:fp32@torch"]["probabilities"], fp32["probabilities"], atol=1e-4)
     assert mnist["lenet5-mnist:int8-cpu@ort"]["agrees_with_fp32"] is True
-    for name in _on_openvino("lenet5-mnist", "fp32", "int8-cpu"):   # compared with FP32 on onnxruntime
+    for name in servekit.on_openvino("lenet5-mnist", "fp32", "int8-cpu"):   # compared with FP32 on onnxruntime
         assert mnist[name]["compared_with"] == "lenet5-mnist:fp32@ort" and mnist[name]["agrees_with_fp32"] is True
     broken = mnist["lenet5-mnist-always0:fp32@ort"]
     assert broken["labels"][0] == "0" and broken["agrees_with_fp32"] is False
@@ -116,7 +104,7 @@ def test_cifar_image_labels(client, runs):
     result = _classify(client, path)
     cifar = {k: v for k, v in result.items() if v["dataset"] == "cifar10"}
     assert set(cifar) == {"lenet5-cifar10:fp32@ort", "lenet5-cifar10:fp32@torch", "lenet5-cifar10:int8-cpu@ort",
-                          *_on_openvino("lenet5-cifar10", "fp32", "int8-cpu")}
+                          *servekit.on_openvino("lenet5-cifar10", "fp32", "int8-cpu")}
     fp32 = cifar["lenet5-cifar10:fp32@ort"]
     assert fp32["labels"][0] == label
     assert fp32["labels"] == [lbl for lbl, _ in local.classify(path)]

@@ -138,7 +138,8 @@ def test_cifar_example_gallery(page, runs):
     page.locator("img[src*='ship_0000']").first.click()  # a shipped test image, from the examples gallery
     page.locator("#predictions-1 tbody tr").first.wait_for(timeout=30_000)
     rows = page.locator("#predictions-1 tbody tr").all()
-    assert len(rows) == 3  # fp32 on onnxruntime and torch, int8-cpu
+    # fp32 on onnxruntime and torch, int8-cpu, and OpenVINO's members where it is installed
+    assert len(rows) == 3 + len(servekit.on_openvino("lenet5-cifar10", "fp32", "int8-cpu"))
     for row in rows:
         assert row.locator("td").nth(2).inner_text().split()[0] in servekit.CLASSES
     assert "32×32" in page.locator("#view-1").inner_text()
