@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import servekit
 
 from cnndeploy import cli
 from cnndeploy.artifacts.variants import expand_run_dirs
@@ -79,7 +80,9 @@ def test_readme_walkthroughs_run_as_written(tmp_path, monkeypatch, caplog):
             assert cli.main(argv[1:]) == 0, f"'{command}' in '## {title}' failed:\n{caplog.text}"
             ran.append((command, caplog.text))
             print(f"{time.perf_counter() - t:5.1f} s  {command}")  # where the time goes (pytest -s)
-    assert served == [5]   # lenet5-mnist: weights, FP32 and INT8 ONNX; pruned: weights, ONNX
+    # lenet5-mnist: weights, FP32 and INT8 ONNX; pruned: weights, ONNX; and OpenVINO's where installed
+    openvino = servekit.on_openvino("lenet5-mnist", "fp32", "int8-cpu") | servekit.on_openvino("pruned", "fp32")
+    assert served == [5 + len(openvino)]
     triton = [log for command, log in ran if "--triton-repo" in command]
     assert triton and "recorded in model.json" in triton[0]   # the README passes no --data-dir there
     assert (tmp_path / "runs" / "triton-models" / "lenet5-mnist" / "config.pbtxt").is_file()

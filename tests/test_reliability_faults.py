@@ -54,6 +54,8 @@ def _sha(path: Path) -> str:
 def _assert_every_final_file_is_complete(run: Path) -> None:
     """Files with their final names parse completely; only dot-named temporaries may be partial."""
     for p in run.iterdir():
+        if p.name == layout.LOCK:
+            continue   # left by the killed writer; flock released it with the process
         if p.name.startswith("."):
             assert p.name.endswith(".tmp"), p.name
         elif p.suffix == ".safetensors":
