@@ -14,11 +14,11 @@ from cnndeploy.cli import SCHEDULES as CLI_SCHEDULES, main
 from cnndeploy.data.device import Augment, DeviceSplit, erase_mask
 from cnndeploy.errors import CheckpointError, CnnDeployError
 from cnndeploy.models import weights
-from cnndeploy.train import fit
 from cnndeploy.train.checkpoint import load_checkpoint, save_checkpoint
 from cnndeploy.train.ema import ModelEma, ema_decay
 from cnndeploy.train.fit import TrainConfig, train
 from cnndeploy.train.schedule import SCHEDULES, lr_at
+from trainkit import interrupt_after_epochs
 
 
 def _net() -> nn.Module:
@@ -77,22 +77,11 @@ def _cfg(mini_mnist: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def _interrupt_after_epochs(monkeypatch, n: int) -> None:
-    real, calls = fit.save_checkpoint, {"n": 0}
-
-    def save_then_stop(*args, **kwargs):
-        real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(fit, "save_checkpoint", save_then_stop)
-
-
 def test_ema_run_saves_the_average_and_resumes_bit_for_bit(mini_mnist, tmp_path, monkeypatch):
     kw = dict(epochs=2, subset=128, ema=0.9, random_erasing=0.5, schedule="cosine")
     train(_cfg(mini_mnist, tmp_path / "straight", **kw), progress=False)
     with monkeypatch.context() as m:
-        _interrupt_after_epochs(m, 1)
+        interrupt_after_epochs(m, 1)
         with pytest.raises(KeyboardInterrupt):
             train(_cfg(mini_mnist, tmp_path / "resumed", **kw), progress=False)
     train(_cfg(mini_mnist, tmp_path / "resumed", **kw), resume=True, progress=False)
@@ -215,7 +204,7 @@ def test_resume_refuses_a_different_recipe_option_and_reads_old_checkpoints_as_o
                                                                                     monkeypatch, capsys):
     out = tmp_path / "cut"
     with monkeypatch.context() as m:
-        _interrupt_after_epochs(m, 1)
+        interrupt_after_epochs(m, 1)
         with pytest.raises(KeyboardInterrupt):
             train(_cfg(mini_mnist, out, epochs=2), progress=False)
     code = main(["train", "--model", "lenet5", "--dataset", "mnist", "--data-dir", str(mini_mnist),

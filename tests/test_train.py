@@ -12,6 +12,7 @@ from cnndeploy.errors import CnnDeployError, TrainingError
 from cnndeploy.train import fit
 from cnndeploy.runtime.evaluate import evaluate_run
 from cnndeploy.train.fit import TrainConfig, train
+from trainkit import interrupt_after_epochs
 
 RUN_FILES = {"model.safetensors", "model.json", "metrics.json", "log.jsonl", "curves.png",
              "checkpoint.safetensors"}
@@ -90,24 +91,12 @@ def test_same_seed_same_weights(mini_mnist, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def _interrupt_after_epochs(monkeypatch, n: int) -> None:
-    real = fit.save_checkpoint
-    calls = {"n": 0}
-
-    def save_then_stop(*args, **kwargs):
-        real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(fit, "save_checkpoint", save_then_stop)
-
-
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(mini_mnist, tmp_path, monkeypatch):
     # AlexNet has dropout, so this also checks that the RNG state travels with the checkpoint.
     kw = dict(model="alexnet", epochs=3, subset=192, batch_size=64)
     train(_cfg(mini_mnist, tmp_path / "straight", **kw), progress=False)
     with monkeypatch.context() as m:
-        _interrupt_after_epochs(m, 1)
+        interrupt_after_epochs(m, 1)
         with pytest.raises(KeyboardInterrupt):
             train(_cfg(mini_mnist, tmp_path / "resumed", **kw), progress=False)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
@@ -121,7 +110,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(mini_mnist, tmp
 def test_resume_removes_temp_files_a_killed_write_left_behind(mini_mnist, tmp_path, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as m:
-        _interrupt_after_epochs(m, 1)
+        interrupt_after_epochs(m, 1)
         with pytest.raises(KeyboardInterrupt):
             train(_cfg(mini_mnist, out, epochs=2, subset=128), progress=False)
     stale = out / ".checkpoint.safetensors.k1ll3d.tmp"   # what SIGKILL mid-write leaves
@@ -166,7 +155,7 @@ def test_a_finished_run_is_never_overwritten(lenet_run, mini_mnist, capsys):
 def test_resume_refuses_changed_options_and_missing_checkpoints(mini_mnist, tmp_path, monkeypatch):
     out = tmp_path / "cut"
     with monkeypatch.context() as m:
-        _interrupt_after_epochs(m, 1)
+        interrupt_after_epochs(m, 1)
         with pytest.raises(KeyboardInterrupt):
             train(_cfg(mini_mnist, out, epochs=2, subset=256), progress=False)
     with pytest.raises(CnnDeployError, match="--lr saved 0.05 vs given 0.3"):
@@ -280,7 +269,7 @@ def test_images_too_small_for_the_model_are_a_clear_error(tmp_path):
 def test_resume_keeps_the_saved_data_dir_and_refuses_other_data(mini_mnist, shared_data, tmp_path, monkeypatch):
     kw = dict(epochs=2, subset=256)
     with monkeypatch.context() as m:
-        _interrupt_after_epochs(m, 1)
+        interrupt_after_epochs(m, 1)
         with pytest.raises(KeyboardInterrupt):
             train(_cfg(mini_mnist, tmp_path / "r", **kw), progress=False)
     moved = TrainConfig(model="lenet5", dataset="mnist", out=str(tmp_path / "r"), data_dir=str(shared_data))
