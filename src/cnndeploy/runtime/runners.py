@@ -44,15 +44,28 @@ def _ort_provider(name: str) -> str | None:
     return None if name in onnxruntime().get_available_providers() else f"onnxruntime has no {name}"
 
 
-def torch_model_runner(model: Any, device: Any = "cpu", *, compile_: bool = False) -> Runner:
-    """A torch module as a runner: numpy in, float32 numpy logits out, no autograd."""
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # torch's compute precisions
+
+
+def torch_model_runner(model: Any, device: Any = "cpu", *, compile_: bool = False,
+                       precision: str = "fp32") -> Runner:
+    """A torch module as a runner: numpy in, float32 numpy logits out, no autograd.
+
+    fp16/bf16 cast the weights and every input batch (channels_last, the layout tensor-core
+    convolutions want); the logits come back as float32 like every other runner's.
+    """
     import torch
 
+    dtype = getattr(torch, TORCH_DTYPES[precision])
+    if precision != "fp32":
+        model = model.to(dtype=dtype, memory_format=torch.channels_last)
     fn = torch.compile(model) if compile_ else model
+    layout = torch.channels_last if precision != "fp32" else torch.contiguous_format
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            out = fn(torch.from_numpy(np.ascontiguousarray(x)).to(device))
+            t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+            out = fn(t.to(dtype=dtype, memory_format=layout) if precision != "fp32" else t)
         return out.float().cpu().numpy()
     return run
 
@@ -66,7 +79,7 @@ def _torch_runner(variant: Variant, *, compile_: bool, threads: int | None) -> R
         torch.set_num_threads(threads)
     device = "cuda" if _cuda() else "cpu"
     model, _ = load_run(variant.run, device)
-    return torch_model_runner(model, device, compile_=compile_)
+    return torch_model_runner(model, device, compile_=compile_, precision=variant.precision)
 
 
 def ort_session(path: Any, provider: str = "CPUExecutionProvider", threads: int | None = None) -> Any:
@@ -115,17 +128,20 @@ def engine_runner(path: Any) -> Runner:
     return run
 
 
-def _computes(precision: str) -> bool:
-    """Whether this machine has the instructions for a compute precision (bf16: AVX512-BF16 or AMX)."""
+def _computes(backend: str, precision: str) -> bool:
+    """Whether this machine computes `precision` on `backend`: torch's fp16/bf16 rows need a CUDA
+    GPU (on a CPU they would time emulation, not a deployment); OpenVINO's bf16 needs AVX512-BF16 or AMX."""
+    if backend == "torch":
+        return _cuda()
     return precision != "bf16" or system.cpu_bf16_isa() is not None
 
 
 def backend_variants(backend: str, variant: Variant) -> list[Variant]:
     """The rows `backend` makes of `variant`: the file itself, then each extra compute precision it
-    offers for that file (OpenVINO's bf16 of model.onnx) where this CPU has the instructions.
-    On a CPU without them there is no such row at all, not a skipped one: it is not a file to make."""
+    offers for that file (OpenVINO's bf16 of model.onnx, torch's fp16/bf16 of the weights) where
+    this machine computes it. Elsewhere there is no such row at all, not a skipped one: it is not a file to make."""
     extra = COMPUTE_PRECISIONS.get((backend, variant.spec.name), ())
-    return [variant] + [Variant(variant.run, compute_spec(variant.spec, p)) for p in extra if _computes(p)]
+    return [variant] + [Variant(variant.run, compute_spec(variant.spec, p)) for p in extra if _computes(backend, p)]
 
 
 def on_gpu(backend: str) -> bool:
