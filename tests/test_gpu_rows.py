@@ -1,0 +1,118 @@
+"""The CUDA rows' pure parts, on CPU: which rows exist where, the casts, the peaks they are held to."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cnndeploy.artifacts.files import WEIGHTS, row_label, spec
+from cnndeploy.artifacts.variants import Variant
+from cnndeploy.bench.peak import cpu_peak, gpu_peak, peak_for, utilisation
+from cnndeploy.runtime import runners
+
+
+def test_torch_fp16_bf16_rows_exist_only_with_cuda(tmp_path, monkeypatch):
+    fp32 = Variant(tmp_path / "r", spec(WEIGHTS))
+    monkeypatch.setattr(runners, "_cuda", lambda: False)
+    assert runners.backend_variants("torch", fp32) == [fp32]          # absent on CPU, not skipped
+    monkeypatch.setattr(runners, "_cuda", lambda: True)
+    rows = runners.backend_variants("torch", fp32)
+    assert [v.precision for v in rows] == ["fp32", "fp16", "bf16"]
+    assert all(v.path == tmp_path / "r" / WEIGHTS for v in rows)       # the same weights, cast at load
+    assert [v.name for v in rows[1:]] == ["r:fp16", "r:bf16"]
+    assert row_label(WEIGHTS, "bf16") == "BF16 compute of FP32"
+    assert runners.backend_variants("torch-compile", fp32) == [fp32]  # only eager torch casts
+
+
+def test_torch_runner_casts_weights_and_inputs_and_returns_float32():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    ref = runners.torch_model_runner(model)(x)
+    out = runners.torch_model_runner(model, precision="bf16")(x)   # bf16 convolutions run on CPU too
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert np.allclose(out, ref, atol=0.1) and not np.array_equal(out, ref)   # computed in bf16, not fp32
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(KeyError):
+        runners.torch_model_runner(model, precision="int4")
+
+
+def test_peaks_per_precision_and_unknown_gpu():
+    h200 = gpu_peak("NVIDIA H200")
+    assert peak_for(h200, "bf16") == peak_for(h200, "fp16") == pytest.approx(989_400)
+    assert peak_for(h200, "fp32") == pytest.approx(67_000)
+    assert gpu_peak("NVIDIA H100 80GB HBM3")["bf16_gflops"] == pytest.approx(989_400)
+    unknown = gpu_peak("Mystery GPU 9000")
+    assert peak_for(unknown, "bf16") is None and "no utilisation" in unknown["basis"]
+    assert utilisation(10**9, 1000.0, peak_for(unknown, "fp16")) == (2000.0, None)   # achieved, no share
+    # ResNet-18 (CIFAR, ~0.56 GMACs) at 100k images/s on an H200 in bf16: 112 TFLOP/s, ~11% of peak
+    gops, share = utilisation(556_000_000, 100_000.0, peak_for(h200, "bf16"))
+    assert gops == pytest.approx(111_200) and share == pytest.approx(0.1124, abs=1e-4)
+    cpu = cpu_peak(2, "model name\t: X @ 2.00GHz\nflags\t\t: avx2 fma\n")
+    assert peak_for(cpu, "bf16") == cpu["fp32_gflops"] == 128.0          # a CPU record has no bf16 peak
+
+
+def test_nvidia_smi_clocks_and_driver_parsed_from_its_csv(monkeypatch):
+    import subprocess
+
+    from cnndeploy.bench import env
+
+    assert env.parse_nvidia_smi("1980 MHz, 3201 MHz, 570.86.15\n1755 MHz, 3201 MHz, 570.86.15\n") == {
+        "driver": "570.86.15", "clocks": {"sm_mhz": 1980, "mem_mhz": 3201}}      # GPU 0's line
+    assert env.parse_nvidia_smi("[N/A], 3201 MHz, 570.86.15")["clocks"] == {"sm_mhz": None, "mem_mhz": 3201}
+    assert env.parse_nvidia_smi("") is None and env.parse_nvidia_smi("NVIDIA-SMI has failed") is None
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="1410 MHz, 2619 MHz, 560.1\n", stderr="")
+    monkeypatch.setattr(env.subprocess, "run", fake_run)
+    record = {"gpu": {"clocks_start": {"sm_mhz": 1980, "mem_mhz": 3201}, "clocks_end": None}}
+    env.record_end_clocks(record)
+    assert record["gpu"]["clocks_end"] == {"sm_mhz": 1410, "mem_mhz": 2619} and calls == [env.SMI_QUERY]
+    cpu_only = {"gpu": None}
+    env.record_end_clocks(cpu_only)
+    assert cpu_only == {"gpu": None}
+
+    def missing(cmd, **kw):
+        raise FileNotFoundError("nvidia-smi")
+    monkeypatch.setattr(env.subprocess, "run", missing)
+    assert env.nvidia_smi() is None
+
+
+def test_input_rotation_exceeds_l2_at_big_batches():
+    from cnndeploy.bench.timing import rotation_count
+
+    l2 = 60 * 2**20                                    # H200: 60 MiB (props.L2_cache_size)
+    resnet_1024 = 1024 * 3 * 32 * 32 * 4               # 12 MiB a batch
+    n = rotation_count(resnet_1024, l2)
+    assert n == 8 or n * resnet_1024 > 2 * l2
+    assert rotation_count(200 * 2**20, l2) == 2        # one batch above L2 still alternates two buffers
+    assert rotation_count(3136, l2) == 8               # batch 1 of LeNet: capped
+    assert rotation_count(resnet_1024, None) == 1      # CPU rows (no L2 given): one buffer as before
+
+
+def test_default_batch_sizes_follow_the_backends(monkeypatch):
+    from cnndeploy.bench.harness import default_batch_sizes
+
+    monkeypatch.setattr(runners, "_cuda", lambda: False)
+    assert default_batch_sizes(["torch", "ort"]) == [1, 32, 256]
+    assert default_batch_sizes(["ort-cuda", "torch"]) == [1, 32, 256]   # torch is on the CPU here
+    monkeypatch.setattr(runners, "_cuda", lambda: True)
+    assert default_batch_sizes(["ort-cuda", "torch", "torch-compile"]) == [1, 64, 1024]
+    assert default_batch_sizes(["ort-cuda", "ort"]) == [1, 32, 256]
+
+
+def test_gpu_rows_time_rotated_buffers_with_a_sync(monkeypatch):
+    """_time_round on a (faked) GPU row: every buffer is used and the device is synchronised."""
+    from cnndeploy.bench import harness
+
+    seen, syncs = [], []
+    x = np.zeros((4, 1, 2, 2), np.float32)
+    bufs = [x, x.copy(), x.copy()]
+    job = harness._Loaded(variant=None, backend="ort-cuda", base={}, run=lambda a: seen.append(id(a)), accuracy=0.0,
+                          load_seconds=0.0, memory=None, inputs={4: x}, rounds={4: []}, buffers={4: bufs})
+    monkeypatch.setattr(harness, "_cuda_sync", lambda backend: lambda: syncs.append(1))
+    harness._time_round(job, harness.BenchConfig(min_seconds=0.001, rounds=1))
+    assert {id(b) for b in bufs} <= set(seen) and len(syncs) >= len(job.rounds[4][0])
