@@ -116,3 +116,89 @@ def test_gpu_rows_time_rotated_buffers_with_a_sync(monkeypatch):
     monkeypatch.setattr(harness, "_cuda_sync", lambda backend: lambda: syncs.append(1))
     harness._time_round(job, harness.BenchConfig(min_seconds=0.001, rounds=1))
     assert {id(b) for b in bufs} <= set(seen) and len(syncs) >= len(job.rounds[4][0])
+
+
+class _FakeDeviceRunner:
+    """A runner with the device-resident path, as TorchCudaRunner and OrtCudaRunner have."""
+
+    def __init__(self):
+        self.host_calls, self.device_calls = 0, 0
+
+    def __call__(self, x):
+        self.host_calls += 1
+        return np.zeros((len(x), 3), np.float32)
+
+    def to_device(self, x):
+        return ("on-device", x.shape)
+
+    def run_on_device(self, handle):
+        assert handle[0] == "on-device"
+        self.device_calls += 1
+
+    def row_details(self, b):
+        return {"compile_mode": "reduce-overhead", "compile_seconds": 1.5}
+
+
+def test_device_rows_time_the_model_and_report_copies_separately(monkeypatch, tmp_path):
+    from cnndeploy.bench import harness
+    from cnndeploy.bench.memory import PeakMemory
+    from cnndeploy.bench.report import bench_markdown
+
+    fake = _FakeDeviceRunner()
+    x = np.zeros((2, 1, 2, 2), np.float32)
+    job = harness._Loaded(variant=Variant(tmp_path / "r", spec(WEIGHTS)), backend="torch-compile",
+                          base={"variant": "r:fp32", "run": "r", "file": WEIGHTS, "backend": "torch-compile",
+                                "precision": "fp32", "macs": 1000},
+                          run=fake, accuracy=0.5, load_seconds=0.1, memory=PeakMemory(), inputs={2: x},
+                          rounds={2: []}, buffers={2: [fake.to_device(x)]}, on_device=True)
+    monkeypatch.setattr(harness, "_cuda_sync", lambda backend: None)
+    cfg = harness.BenchConfig(min_seconds=0.002, rounds=2)
+    for _ in range(cfg.rounds):
+        harness._time_round(job, cfg)
+    assert fake.device_calls >= 4 and fake.host_calls >= 2 and list(job.with_copies) == [2]
+    [row] = harness._rows_of(job, {"cpu": {}, "gpu": None})
+    assert row.timed == "device-resident I/O" and row.latency_ms_p50_with_copies > 0
+    assert row.compile_mode == "reduce-overhead" and row.compile_seconds == 1.5
+    from cnndeploy.bench import env
+
+    monkeypatch.setattr(env, "measured_ceiling", lambda threads: None)   # no kernels timed for a record
+    md = bench_markdown([row.to_json()], env.environment(1), None)
+    assert "p50 ms incl. host copies" in md and "compile s (mode)" in md and "1.5 (reduce-overhead)" in md
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+
+@needs_cuda
+def test_torch_cuda_runner_compiles_one_module_per_batch_size():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)).cuda().eval()
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    ref = runners.torch_model_runner(model, "cuda")(x)
+    run = runners.TorchCudaRunner(model, "fp16", runners.COMPILE_MODE_CUDA)
+    run(x[:1])
+    run.prepare([1, 4])
+    assert set(run.compiled) == {1, 4} and all(s > 0 for s in run.compile_seconds.values())
+    assert np.allclose(run(x), ref, atol=0.05)
+    assert run.row_details(4)["compile_mode"] == "reduce-overhead"
+
+
+def test_environment_line_names_the_gpu_clocks_and_libraries(monkeypatch):
+    from cnndeploy.bench import env
+    from cnndeploy.bench.report import environment_line
+
+    monkeypatch.setattr(env, "measured_ceiling", lambda threads: None)
+    record = env.environment(1)
+    record["gpu"] = {"name": "NVIDIA H200", "compute_capability": "9.0", "driver": "570.86.15", "cuda": "13.0",
+                     "cudnn": 91000, "clocks_start": {"sm_mhz": 1980, "mem_mhz": 3201}, "clocks_end": None}
+    line = environment_line(record)
+    assert "CUDA 13.0, cuDNN 91000" in line and "1980/3201 MHz at start, unknown at end" in line
+
+
+def test_ort_cuda_is_skipped_with_its_reason_without_the_provider(tmp_path):
+    from cnndeploy.artifacts.files import ONNX
+    from cnndeploy.runtime.onnxruntime_import import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime().get_available_providers():
+        pytest.skip("onnxruntime has the CUDA provider here")
+    reason = runners.skip_reason("ort-cuda", Variant(tmp_path / "r", spec(ONNX)))
+    assert reason == "onnxruntime has no CUDAExecutionProvider"
