@@ -14,7 +14,8 @@ under results/gpu-bench-<gpu>/). Prints a short table last.
 
 `--max-seconds` keeps the whole script inside one device call: a model whose preparation would
 start past 40% of the budget is left out, and the bench's per-row timing budget is sized from
-what is left; whatever is left out is named in the output, never silently dropped.
+what is left; torch-compile is dropped where its estimated compiling (per model, per batch size)
+would take more than half of what is left. Whatever is left out is named in the output.
 
 `--smoke` runs the same code on CPU with tiny settings and the CPU backends (torch, ort), so
 that the GPU call is not the script's first run (tests/test_gpu_bench.py).
@@ -47,6 +48,8 @@ GPU_BACKENDS = ["torch", "torch-compile", "ort-cuda"]
 CPU_BACKENDS = ["torch", "ort"]
 GPU_BATCHES = [1, 64, 1024]
 PREPARE_SHARE = 0.4   # of --max-seconds: no model starts preparing after this
+# guesses, not measurements: torch.compile + CUDA-graph capture per run and batch size, by model
+COMPILE_SECONDS = {"lenet5": 5.0, "resnet18": 20.0}
 VARIANTS_PER_RUN = 4  # model.safetensors or model.onnx, fp16, int8-cpu (+ torch's fp16/bf16 rows): the budget's divisor
 
 
@@ -71,6 +74,17 @@ def _prune(run: Path, data_dir: str, device: str) -> Path:
     prune_run(run, PruneConfig(amount=0.5, finetune_epochs=1), out=str(out), data_dir=data_dir, device=device,
               progress=False)
     return out
+
+
+def compile_guard(backends: list[str], runs: list[str], batches: list[int], left: float) -> tuple[list[str], str | None]:
+    """The backends without torch-compile, and why, where its estimated compiling would take more
+    than half of the `left` seconds; else the backends unchanged and None."""
+    compiles = len(batches) * sum(COMPILE_SECONDS.get(r.split("-")[0], 20.0) for r in runs)
+    if "torch-compile" not in backends or compiles <= 0.5 * left:
+        return backends, None
+    return [b for b in backends if b != "torch-compile"], (
+        f"torch-compile: an estimated {compiles:.0f} s of compiling ({len(runs)} runs x {len(batches)} batch "
+        f"sizes) would pass half of the {max(0.0, left):.0f} s left")
 
 
 def gpu_slug(env: dict) -> str:
@@ -112,6 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--calib-size", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--backends", help=f"comma list (default {','.join(GPU_BACKENDS)}; --smoke: "
+                                       f"{','.join(CPU_BACKENDS)})")
     ap.add_argument("--max-seconds", type=float, default=420.0,
                     help="the whole script's budget (one device call is at most 8 minutes)")
     ap.add_argument("--out", default=str(REPO / "results"))
@@ -131,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     elif not cuda:
         sys.exit("gpu_bench.py: no CUDA GPU here (torch.cuda.is_available() is False); "
                  "expected a GPU machine, or --smoke for the CPU run")
+    if args.backends:
+        backends = [b for b in args.backends.split(",") if b]
     left_out: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
@@ -145,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 calib=args.calib_size)
         # what is left of the budget, less a margin for loading, accuracy and writing, shared by the rows
         left = args.max_seconds - (time.perf_counter() - start)
+        backends, dropped = compile_guard(backends, [r.name for r in runs], batches, left)
+        left_out += [dropped] if dropped else []
         rows_expected = max(1, len(runs) * VARIANTS_PER_RUN * len(backends) * len(batches))
         per_row = 0.05 if args.smoke else max(0.02, min(2.0, 0.5 * left / rows_expected))
         cfg = BenchConfig(backends=backends, batch_sizes=batches, min_seconds=per_row, rounds=args.rounds)

@@ -47,3 +47,13 @@ def test_table_picks_the_fastest_ok_row():
     rows.append({"run": "r", "batch_size": 1, "status": "skipped: no CUDA GPU", "precision": "bf16", "backend": "x"})
     lines = _script().table(rows)
     assert len(lines) == 2 and "fp16@torch" in lines[1] and "—" in lines[1]
+
+
+def test_compile_guard_drops_torch_compile_only_past_half_the_time_left():
+    guard = _script().compile_guard
+    runs = ["lenet5-mnist", "lenet5-mnist-pruned50", "resnet18-cifar10", "resnet18-cifar10-pruned50"]
+    backends = ["torch", "torch-compile", "ort-cuda"]
+    assert guard(backends, runs, [1, 64, 1024], 400.0) == (backends, None)      # ~150 s of 400
+    kept, why = guard(backends, runs, [1, 64, 1024], 200.0)
+    assert kept == ["torch", "ort-cuda"] and "torch-compile" in why and "200 s left" in why
+    assert guard(["torch"], runs, [1], 0.0) == (["torch"], None)

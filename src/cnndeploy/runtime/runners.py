@@ -108,7 +108,7 @@ class TorchCudaRunner:
             x = torch.zeros((b, *self._shape), device="cuda").to(dtype=self.dtype, memory_format=self.layout)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with torch.inference_mode():
+            with torch.no_grad():   # not inference_mode: CUDA-graph capture is documented under no_grad
                 for _ in range(3):
                     torch.compiler.cudagraph_mark_step_begin()
                     fn(x)
@@ -121,10 +121,11 @@ class TorchCudaRunner:
         return t.to(dtype=self.dtype, memory_format=self.layout)
 
     def run_on_device(self, t: Any) -> Any:
-        with self.torch.inference_mode():
-            fn = self.compiled.get(t.shape[0])
-            if fn is None:
+        fn = self.compiled.get(t.shape[0])
+        if fn is None:
+            with self.torch.inference_mode():
                 return self.model(t)
+        with self.torch.no_grad():
             self.torch.compiler.cudagraph_mark_step_begin()
             return fn(t)
 
