@@ -106,6 +106,62 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _best(rows: list[dict], run: str, batch: int, **match) -> dict | None:
+    mine = [r for r in rows if r["status"] == "ok" and r["run"] == run and r["batch_size"] == batch
+            and all(r.get(k) == v for k, v in match.items())]
+    return max(mine, key=lambda r: r["throughput_ips"]) if mine else None
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """Issue 16's targets, each met / NOT met with its numbers, or why it could not be judged."""
+    out = []
+    res, pruned = "resnet18-cifar10", "resnet18-cifar10-pruned50"
+    big, one = _best(rows, res, 1024), _best(rows, res, 1)
+    if big:
+        out.append(f"ResNet-18 batch 1024: best {big['precision']}@{big['backend']} {big['throughput_ips']:.0f} "
+                   f"images/s (target 100000: {'met' if big['throughput_ips'] >= 1e5 else 'NOT met'})")
+    if one:
+        out.append(f"ResNet-18 batch 1: best {one['precision']}@{one['backend']} p50 {one['latency_ms_p50']:.4f} ms "
+                   f"(target 0.25 ms: {'met' if one['latency_ms_p50'] <= 0.25 else 'NOT met'})")
+    comp, eager = (_best(rows, res, 1, backend=b, precision="fp32") for b in ("torch-compile", "torch"))
+    if comp and eager:
+        ratio = comp["throughput_ips"] / eager["throughput_ips"]
+        out.append(f"ResNet-18 batch 1: torch-compile ({comp.get('compile_mode')}) is {ratio:.2f}x torch eager FP32 "
+                   f"(target 3x: {'met' if ratio >= 3 else 'NOT met'})")
+    for precision in ("fp32", "fp16", "bf16"):
+        a, b = (_best(rows, r, 1024, backend="torch", precision=precision) for r in (pruned, res))
+        if a and b:
+            ratio = a["throughput_ips"] / b["throughput_ips"]
+            out.append(f"ResNet-18 50% pruned / unpruned, torch {precision}, batch 1024: {ratio:.2f}x (target 2x: "
+                       + ("met)" if ratio >= 2 else "NOT met: its narrower layers fill less of the GPU)"))
+    lenet = _best(rows, "lenet5-mnist", 1024)
+    if lenet:
+        out.append(f"LeNet-5 batch 1024: fastest {lenet['precision']}@{lenet['backend']} "
+                   f"{lenet['throughput_ips']:.0f} images/s")
+    return out or ["no row of the targets' runs was measured"]
+
+
+def empty_model_overhead(cuda: bool, seconds: float = 0.5) -> dict:
+    """p50 of the bench's timed call around a model that does nothing (nn.Identity on a device
+    tensor, synchronised as GPU rows are): below this, a small model's latency is the harness's."""
+    import torch
+
+    from cnndeploy.bench.timing import measure
+    from cnndeploy.runtime.runners import TorchCudaRunner, torch_model_runner
+
+    x = torch.zeros(1, 1, 28, 28).numpy()
+    if cuda:
+        run = TorchCudaRunner(torch.nn.Identity())
+        handle = run.to_device(x)
+        stats = measure(lambda: run.run_on_device(handle), min_seconds=seconds, sync=torch.cuda.synchronize)
+        timed = "device-resident, synchronised"
+    else:
+        run = torch_model_runner(torch.nn.Identity())
+        stats = measure(lambda: run(x), min_seconds=seconds)
+        timed = "host arrays, CPU"
+    return {"p50_ms": round(stats.p50_ms, 5), "p99_ms": round(stats.p99_ms, 5), "calls": stats.calls, "timed": timed}
+
+
 def markdown(result: dict, bench_md: str) -> str:
     env = result["environment"]
     gpu = env.get("gpu") or {}
@@ -113,6 +169,10 @@ def markdown(result: dict, bench_md: str) -> str:
              f"Command: `{result['command']}`. {result['note']}", ""]
     if result["left_out"]:
         lines += ["## Left out (time budget)", ""] + [f"- {s}" for s in result["left_out"]] + [""]
+    lines += ["## Targets (issue 16)", ""] + [f"- {v}" for v in result["verdicts"]] + [""]
+    o = result["empty_model"]
+    lines += [f"Empty model (nn.Identity, {o['timed']}): p50 {o['p50_ms']:.4f} ms, p99 {o['p99_ms']:.4f} ms over "
+              f"{o['calls']} calls: rows near this measure the harness, not the model.", ""]
     lines += ["## Fastest row per run and batch size", "", "```", *result["table"], "```", ""]
     body = bench_md.split("\n", 2)[2] if bench_md.startswith("# ") else bench_md
     return "\n".join(lines) + "\n## Every row (cnndeploy bench)\n\n" + body.split("![")[0].rstrip() + "\n"
@@ -180,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         for png in (root / "bench").glob("*.png"):
             shutil.copy2(png, plots / png.name)
     rows = [r.to_json() for r in bench["rows"]]
+    overhead = empty_model_overhead(cuda and not args.smoke, seconds=0.05 if args.smoke else 0.5)
     result = {"benchmark": "every variant on the GPU", "date": time.strftime("%Y-%m-%d"),
               "command": " ".join(["python", "benchmarks/gpu_bench.py", *(argv if argv is not None else sys.argv[1:])]),
               "note": (f"Models trained {args.epochs} epoch(s) on {args.subset} images each (speed does not depend "
@@ -187,11 +248,13 @@ def main(argv: list[str] | None = None) -> dict:
                        f"interleaved rounds, {per_row:.2f} s per row."),
               "smoke": args.smoke, "max_seconds": args.max_seconds, "left_out": left_out,
               "bench_seconds": round(bench_seconds, 1), "total_seconds": round(time.perf_counter() - start, 1),
-              "config": bench["config"], "environment": bench["environment"], "table": table(rows), "rows": rows}
+              "config": bench["config"], "environment": bench["environment"], "verdicts": verdicts(rows), "empty_model": overhead,
+              "table": table(rows), "rows": rows}
     (out / f"gpu-bench-{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"gpu-bench-{slug}.md").write_text(markdown(result, bench_md))
     for s in left_out:
         print(f"left out: {s}")
+    print("\n".join(result["verdicts"]))
     print(f"-> {out / f'gpu-bench-{slug}'}.json, .md ({result['total_seconds']:.0f} s)")
     print("\n".join(result["table"]))
     return result

@@ -31,6 +31,8 @@ def test_smoke_writes_json_md_plots_and_prints_the_table_last(tmp_path, capsys):
     assert all(r["latency_ms_p50"] > 0 for r in ok)
     assert "## Fastest row per run and batch size" in (tmp_path / "gpu-bench-smoke-cpu.md").read_text()
     assert list((tmp_path / "gpu-bench-smoke-cpu").glob("*.png"))
+    assert saved["empty_model"]["p50_ms"] > 0 and saved["empty_model"]["timed"] == "host arrays, CPU"
+    assert saved["verdicts"] == ["no row of the targets' runs was measured"]   # batch 1024 and ResNet: GPU only
     last = capsys.readouterr().out.rstrip().splitlines()[-len(saved["table"]):]
     assert last == saved["table"] and len(last) == 1 + 2 * 2
 
@@ -57,3 +59,23 @@ def test_compile_guard_drops_torch_compile_only_past_half_the_time_left():
     kept, why = guard(backends, runs, [1, 64, 1024], 200.0)
     assert kept == ["torch", "ort-cuda"] and "torch-compile" in why and "200 s left" in why
     assert guard(["torch"], runs, [1], 0.0) == (["torch"], None)
+
+
+def _row(run, b, backend, precision, ips, **extra):
+    return {"run": run, "batch_size": b, "backend": backend, "precision": precision, "status": "ok",
+            "throughput_ips": ips, "latency_ms_p50": 1000 * b / ips, **extra}
+
+
+def test_verdicts_judge_the_issue_targets_from_rows():
+    res, pruned = "resnet18-cifar10", "resnet18-cifar10-pruned50"
+    rows = [_row(res, 1024, "torch", "bf16", 120_000), _row(pruned, 1024, "torch", "bf16", 180_000),
+            _row(res, 1, "torch", "fp32", 1_000), _row(res, 1, "torch-compile", "fp32", 5_000,
+                                                         compile_mode="reduce-overhead"),
+            _row("lenet5-mnist", 1024, "torch", "fp16", 2_000_000),
+            {**_row(res, 1, "ort-cuda", "fp32", 9e9), "status": "skipped: onnxruntime has no CUDAExecutionProvider"}]
+    v = _script().verdicts(rows)
+    assert "120000 images/s (target 100000: met)" in v[0]
+    assert "p50 0.2000 ms (target 0.25 ms: met)" in v[1] and "fp32@torch-compile" in v[1]
+    assert "5.00x torch eager FP32 (target 3x: met)" in v[2] and "reduce-overhead" in v[2]
+    assert "torch bf16, batch 1024: 1.50x (target 2x: NOT met: its narrower layers" in v[3]
+    assert v[4].startswith("LeNet-5 batch 1024: fastest fp16@torch 2000000")
