@@ -202,3 +202,22 @@ def test_ort_cuda_is_skipped_with_its_reason_without_the_provider(tmp_path):
         pytest.skip("onnxruntime has the CUDA provider here")
     reason = runners.skip_reason("ort-cuda", Variant(tmp_path / "r", spec(ONNX)))
     assert reason == "onnxruntime has no CUDAExecutionProvider"
+
+
+def test_gpu_int8_rows_are_flagged_where_slower_than_fp16(monkeypatch):
+    from cnndeploy.artifacts.records import BenchRow
+    from cnndeploy.bench import harness
+    from cnndeploy.bench.report import _flag
+
+    def row(precision, backend, ips, spread=0.01):
+        return BenchRow(variant=f"r:{precision}", run="r", backend=backend, status="ok", precision=precision,
+                        batch_size=64, throughput_ips=ips, spread=spread)
+    rows = [row("fp32", "ort-cuda", 1000), row("fp16", "ort-cuda", 3000), row("int8-cpu", "ort-cuda", 1500),
+            row("fp16", "ort", 900), row("int8-cpu", "ort", 800), row("int8-trt", "ort-cuda", 2990)]
+    harness._flag_slow_compression(rows, {}, 0.02)
+    flags = {(r.precision, r.backend): r.slower_than_fp16 for r in rows}
+    assert flags[("int8-cpu", "ort-cuda")] is True
+    assert flags[("int8-trt", "ort-cuda")] is False          # 0.3% slower: within the 2% floor
+    assert flags[("int8-cpu", "ort")] is None                # CPU rows: INT8 kernels exist there
+    assert flags[("fp32", "ort-cuda")] is None
+    assert "slower than FP16" in _flag(rows[2].to_json()) and "FP16" not in _flag(rows[4].to_json())

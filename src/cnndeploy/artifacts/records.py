@@ -353,6 +353,8 @@ class BenchRow(Record):
     parent_backend: str | None = None    # ... on this backend (torch when the parent has no such file)
     speed_vs_parent: float | None = None  # throughput / the parent's
     flag_tolerance: float | None = None  # the noise allowed for: the larger spread of the two, or the floor
+    slower_than_fp16: bool | None = None  # GPU INT8 ONNX rows (Q/DQ run in floating point): slower than the
+                                          # run's FP16 file on the same backend and batch, beyond the noise
 
 
 # bench.csv's columns, in the order people read them
@@ -361,7 +363,7 @@ BENCH_COLUMNS = ("variant", "run", "file", "backend", "precision", "compute_prec
                  "latency_ms_std", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips",
                  "spread", "size_bytes", "params", "macs", "achieved_gops", "peak_share", "peak_mem_mb", "load_seconds",
                  "compile_mode", "compile_seconds", "timed", "latency_ms_p50_with_copies",
-                 "parent", "parent_backend", "speed_vs_parent", "flag_tolerance", "slower_than_parent", "status")
+                 "parent", "parent_backend", "speed_vs_parent", "flag_tolerance", "slower_than_parent", "slower_than_fp16", "status")
 
 
 class Peak(typing.TypedDict, total=False):

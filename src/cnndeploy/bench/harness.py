@@ -228,6 +228,20 @@ def _flag_slow_compression(rows: list[BenchRow], parents: dict[str, str], noise_
         r.parent, r.parent_backend = ref.variant, ref.backend
         r.speed_vs_parent, r.flag_tolerance = round(ratio, 4), round(tolerance, 4)
         r.slower_than_parent = ratio < 1 - tolerance
+    _flag_int8_slower_than_fp16(rows, noise_floor)
+
+
+def _flag_int8_slower_than_fp16(rows: list[BenchRow], noise_floor: float) -> None:
+    """On a GPU, onnxruntime runs an INT8 file's Q/DQ nodes in floating point: say where that row
+    is slower than the same run's FP16 file on the same backend and batch size (same noise rule)."""
+    fp16 = {(r.run, r.backend, r.batch_size): r for r in rows if r.precision == "fp16" and r.throughput_ips}
+    for r in rows:
+        r.slower_than_fp16 = None
+        ref = fp16.get((r.run, r.backend, r.batch_size))
+        if not (r.precision or "").startswith("int8") or not on_gpu(r.backend) or not r.throughput_ips or ref is None:
+            continue
+        tolerance = max([noise_floor] + [s for s in (r.spread, ref.spread) if s is not None])
+        r.slower_than_fp16 = r.throughput_ips / ref.throughput_ips < 1 - tolerance
 
 
 def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(), *,

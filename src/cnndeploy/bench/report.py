@@ -108,6 +108,8 @@ def _vs_parent(r: dict, flag: bool = False) -> str:
 
 def _flag(r: dict) -> str:
     slower = r.get("slower_than_parent")
+    if r.get("slower_than_fp16"):   # GPU INT8 files: Q/DQ in floating point
+        return ("**yes**; " if slower else "") + "**slower than FP16** (Q/DQ run in floating point)"
     if slower:
         return "**yes**"
     if slower is False and (r.get("speed_vs_parent") or 1) < 1 and r.get("flag_tolerance") is not None:

@@ -90,6 +90,7 @@ class TorchCudaRunner:
         self.layout = torch.contiguous_format if precision == "fp32" else torch.channels_last
         self.model = model if precision == "fp32" else model.to(dtype=self.dtype, memory_format=self.layout)
         self.compile_mode, self.compiled, self.compile_seconds = compile_mode, {}, {}
+        self._shape: tuple[int, ...] | None = None   # one image's shape, learnt from the first batch
 
     def prepare(self, batch_sizes: list[int]) -> None:
         """One compiled module per batch size, compile and graph capture timed (three calls: the
@@ -99,6 +100,8 @@ class TorchCudaRunner:
         torch = self.torch
         if not self.compile_mode:
             return
+        if self._shape is None:
+            raise CnnDeployError("TorchCudaRunner.prepare: run one batch first (the image shape is taken from it)")
         limits = torch._dynamo.config
         for name in ("recompile_limit", "cache_size_limit"):   # shapes x variants share one code cache
             if hasattr(limits, name):
