@@ -221,3 +221,28 @@ def test_gpu_int8_rows_are_flagged_where_slower_than_fp16(monkeypatch):
     assert flags[("int8-cpu", "ort")] is None                # CPU rows: INT8 kernels exist there
     assert flags[("fp32", "ort-cuda")] is None
     assert "slower than FP16" in _flag(rows[2].to_json()) and "FP16" not in _flag(rows[4].to_json())
+
+
+def _has_ort_cuda() -> bool:
+    from cnndeploy.runtime.onnxruntime_import import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime().get_available_providers()
+
+
+@pytest.mark.skipif(not _has_ort_cuda(), reason="onnxruntime has no CUDAExecutionProvider here (onnxruntime-gpu)")
+def test_ort_cuda_runner_binds_io_on_the_device(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    run = runners.OrtCudaRunner(runners.ort_session(path, "CUDAExecutionProvider"), str(path), 3)
+    x = np.ones((2, 4), np.float32)
+    bound = run.to_device(x)
+    run.run_on_device(bound)
+    assert np.allclose(bound[0].copy_outputs_to_cpu()[0], x @ w, atol=1e-4)
+    assert np.allclose(run(x), x @ w, atol=1e-4)
