@@ -312,8 +312,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backends", default="torch,ort",
                    help="comma list of torch,torch-compile,ort,ort-cuda,ort-trt,openvino,tensorrt "
                         "(openvino also adds a bf16 row of model.onnx where the CPU has AVX512-BF16 or AMX)")
-    p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 256], metavar="N,N,...",
-                   help="batch sizes to time")
+    p.add_argument("--batch-sizes", type=_int_list, default=None, metavar="N,N,...",
+                   help="batch sizes to time (default 1,32,256; 1,64,1024 where every backend computes on the GPU)")
     p.add_argument("--threads", type=_positive_int,
                    help="intra-op threads for torch, onnxruntime and OpenVINO (default: the libraries' own)")
     p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="timing budget per row")
@@ -566,9 +566,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from cnndeploy.artifacts.files import BENCH_DIR
-    from cnndeploy.bench.harness import BenchConfig, run_bench
+    from cnndeploy.bench.harness import BenchConfig, default_batch_sizes, run_bench
 
-    cfg = BenchConfig(backends=[b for b in args.backends.split(",") if b], batch_sizes=args.batch_sizes,
+    backends = [b for b in args.backends.split(",") if b]
+    cfg = BenchConfig(backends=backends, batch_sizes=args.batch_sizes or default_batch_sizes(backends),
                       threads=args.threads, min_seconds=args.min_seconds)
     run_dirs = _run_dirs(args.run_dirs)
     out = args.out or str(Path(run_dirs[0]) / BENCH_DIR)

@@ -68,9 +68,11 @@ FILES: tuple[FileSpec, ...] = (
              ONNX),
 )
 # Compute precisions a backend offers for a file beyond the file's own: OpenVINO computes the FP32
-# ONNX file in bf16 where the CPU has bf16 instructions. Such a row keeps `file` model.onnx and
-# says `precision` bf16; no file of its own is written.
-COMPUTE_PRECISIONS: dict[tuple[str, str], tuple[str, ...]] = {("openvino", ONNX): ("bf16",)}
+# ONNX file in bf16 where the CPU has bf16 instructions; torch casts the FP32 weights to fp16 and
+# bf16 (channels_last) on a CUDA GPU only. Such a row keeps its `file` (model.onnx,
+# model.safetensors) and says `precision`; no file of its own is written.
+COMPUTE_PRECISIONS: dict[tuple[str, str], tuple[str, ...]] = {("openvino", ONNX): ("bf16",),
+                                                              ("torch", WEIGHTS): ("fp16", "bf16")}
 QUANT_TARGETS = {"cpu": "model.int8-cpu.onnx", "tensorrt": "model.int8-trt.onnx"}
 
 # TensorRT engines are tied to the TensorRT version and the GPU, so both are in the name.

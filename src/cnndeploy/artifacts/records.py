@@ -342,6 +342,10 @@ class BenchRow(Record):
     peak_mem_mb: float | None = None
     peak_mem_kind: str | None = None
     load_seconds: float | None = None
+    compile_mode: str | None = None      # torch-compile: the torch.compile mode (reduce-overhead: CUDA graphs)
+    compile_seconds: float | None = None  # torch-compile: compiling (and graph capture) for this batch size
+    timed: str | None = None             # what the latency covers: "device-resident I/O" or host arrays (None)
+    latency_ms_p50_with_copies: float | None = None  # device rows: p50 again with host->device->host copies
     slower_than_parent: bool | None = None   # slower than `parent` by more than `flag_tolerance`
     spread: float | None = None          # (max - min) / max of the throughput of the interleaved rounds
     round_throughputs: list[float] | None = None  # images/s of each interleaved round, in order (not in the csv)
@@ -349,6 +353,8 @@ class BenchRow(Record):
     parent_backend: str | None = None    # ... on this backend (torch when the parent has no such file)
     speed_vs_parent: float | None = None  # throughput / the parent's
     flag_tolerance: float | None = None  # the noise allowed for: the larger spread of the two, or the floor
+    slower_than_fp16: bool | None = None  # GPU INT8 ONNX rows (Q/DQ run in floating point): slower than the
+                                          # run's FP16 file on the same backend and batch, beyond the noise
 
 
 # bench.csv's columns, in the order people read them
@@ -356,7 +362,8 @@ BENCH_COLUMNS = ("variant", "run", "file", "backend", "precision", "compute_prec
                  "accuracy", "latency_ms_mean",
                  "latency_ms_std", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips",
                  "spread", "size_bytes", "params", "macs", "achieved_gops", "peak_share", "peak_mem_mb", "load_seconds",
-                 "parent", "parent_backend", "speed_vs_parent", "flag_tolerance", "slower_than_parent", "status")
+                 "compile_mode", "compile_seconds", "timed", "latency_ms_p50_with_copies",
+                 "parent", "parent_backend", "speed_vs_parent", "flag_tolerance", "slower_than_parent", "slower_than_fp16", "status")
 
 
 class Peak(typing.TypedDict, total=False):

@@ -55,18 +55,44 @@ def _gpu() -> dict[str, Any] | None:
     if not torch.cuda.is_available():
         return None
     props = torch.cuda.get_device_properties(0)
+    smi = nvidia_smi()
     return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
             "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda,
-            "driver": _nvidia_driver()}
+            "cudnn": torch.backends.cudnn.version(), "l2_bytes": getattr(props, "L2_cache_size", None),
+            "driver": smi["driver"] if smi else None, "clocks_start": smi and smi["clocks"], "clocks_end": None}
 
 
-def _nvidia_driver() -> str | None:
+SMI_QUERY = ["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,driver_version", "--format=csv,noheader"]
+
+
+def parse_nvidia_smi(text: str) -> dict[str, Any] | None:
+    """GPU 0's line of SMI_QUERY's output ("1980 MHz, 3201 MHz, 570.86.15"): its clocks and driver."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    cells = [c.strip() for c in lines[0].split(",")] if lines else []
+    if len(cells) != 3:
+        return None
+
+    def mhz(cell: str) -> int | None:
+        number = cell.removesuffix("MHz").strip()
+        return int(number) if number.isdigit() else None   # "[N/A]" on parts that do not report it
+
+    return {"driver": cells[2] or None, "clocks": {"sm_mhz": mhz(cells[0]), "mem_mhz": mhz(cells[1])}}
+
+
+def nvidia_smi() -> dict[str, Any] | None:
+    """Clocks and driver as nvidia-smi reports them now; None where it is absent or fails."""
     try:
-        res = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        res = subprocess.run(SMI_QUERY, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else None
+    return parse_nvidia_smi(res.stdout) if res.returncode == 0 else None
+
+
+def record_end_clocks(env: dict[str, Any]) -> None:
+    """The clocks at the end of a bench, beside those at its start: a drop says the GPU throttled."""
+    if env.get("gpu"):
+        smi = nvidia_smi()
+        env["gpu"]["clocks_end"] = smi and smi["clocks"]
 
 
 def environment(threads: int | None = None) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import time
@@ -18,11 +19,11 @@ from cnndeploy.artifacts.card import ModelCard
 from cnndeploy.artifacts.files import made_by
 from cnndeploy.artifacts.records import BENCH_COLUMNS, BenchRow, source_run, write_bench
 from cnndeploy.artifacts.variants import Variant, discover, family_root
-from cnndeploy.bench.env import environment
+from cnndeploy.bench.env import environment, record_end_clocks
 from cnndeploy.bench.memory import PeakMemory, track
 from cnndeploy.bench.peak import peak_for, utilisation
 from cnndeploy.bench.report import bench_markdown
-from cnndeploy.bench.timing import sample_ns, spread, stats_from_ns
+from cnndeploy.bench.timing import rotation_count, sample_ns, spread, stats_from_ns
 from cnndeploy.data import dataset_for
 from cnndeploy.data.types import normalise
 from cnndeploy.errors import CnnDeployError
@@ -57,6 +58,13 @@ class BenchConfig:
 
 
 WARMUP = 3       # calls per batch size before any timing (lazy init, graph re-planning, allocations)
+GPU_BATCH_SIZES = [1, 64, 1024]   # the default when every backend computes on the GPU
+CPU_BATCH_SIZES = [1, 32, 256]
+
+
+def default_batch_sizes(backends: list[str]) -> list[int]:
+    """Batch sizes to time when none are given: 1, 64, 1024 where every backend is a GPU one here."""
+    return list(GPU_BATCH_SIZES if backends and all(on_gpu(b) for b in backends) else CPU_BATCH_SIZES)
 MIN_CALLS = 5    # timed calls per row at least, over all rounds
 
 
@@ -72,10 +80,13 @@ class _Loaded:
     memory: PeakMemory
     inputs: dict[int, np.ndarray]
     rounds: dict[int, list[list[int]]] = field(default_factory=dict)
+    buffers: dict[int, list[Any]] = field(default_factory=dict)  # rotated on the GPU (> L2 together)
+    on_device: bool = False       # buffers are device-resident (run.to_device): timed calls are the model
+    with_copies: dict[int, list[int]] = field(default_factory=dict)  # device rows: host-array calls, copies included
 
 
 def _load(variant: Variant, backend: str, ds, card: ModelCard, cfg: BenchConfig, *,
-          cost: dict) -> _Loaded | list[BenchRow]:
+          cost: dict, l2_bytes: int | None = None) -> _Loaded | list[BenchRow]:
     """The variant ready to time, or its rows when it is skipped or fails to load."""
     base = {"variant": variant.name, "run": variant.run.name, "file": variant.spec.name, "backend": backend,
             "precision": variant.precision, "size_bytes": variant.size_bytes, **cost}
@@ -100,16 +111,47 @@ def _load(variant: Variant, backend: str, ds, card: ModelCard, cfg: BenchConfig,
         except Exception as e:  # a backend failing on one file must not stop the whole matrix
             return [BenchRow(**base, batch_size=b, status=f"failed: {str(e).splitlines()[0][:200]}")
                     for b in cfg.batch_sizes]
+    # on the GPU, copies of each batch in distinct memory, so no call finds its input cached in L2
+    l2 = l2_bytes if on_gpu(backend) else None
+    buffers: dict[int, list[Any]] = {b: [x] + [x.copy() for _ in range(rotation_count(x.nbytes, l2) - 1)]
+                                     for b, x in inputs.items()}
+    on_device = False
+    to_device = getattr(run, "to_device", None) if on_gpu(backend) else None
+    if to_device:
+        try:
+            placed = {b: [to_device(x) for x in bufs] for b, bufs in buffers.items()}
+            if all(h is not None for hs in placed.values() for h in hs):
+                for hs in placed.values():
+                    for _ in range(WARMUP):
+                        run.run_on_device(hs[0])
+                buffers, on_device = placed, True
+        except Exception as e:  # no device path for this file: time host arrays, as on the CPU
+            log.info("bench %s [%s]: timing host arrays (%s)", variant.name, backend, str(e).splitlines()[0][:120])
     return _Loaded(variant, backend, base, run, accuracy, round(load, 3), memory, inputs,
-                   {b: [] for b in cfg.batch_sizes})
+                   {b: [] for b in cfg.batch_sizes}, buffers, on_device)
+
+
+def _cuda_sync(backend: str) -> Callable[[], None] | None:
+    """torch.cuda.synchronize for a GPU row, so no clock is read before the device has finished."""
+    if not on_gpu(backend):
+        return None
+    import torch
+
+    return torch.cuda.synchronize if torch.cuda.is_available() else None
 
 
 def _time_round(job: _Loaded, cfg: BenchConfig) -> None:
     """One round of every batch size of `job`: a share of the budget, after one call to re-warm caches."""
     calls = max(2, -(-MIN_CALLS // cfg.rounds))
+    sync = _cuda_sync(job.backend)
+    call = job.run.run_on_device if job.on_device else job.run
     for b, x in job.inputs.items():
-        job.rounds[b].append(sample_ns(lambda x=x: job.run(x), warmup=1, min_calls=calls,
-                                       min_seconds=cfg.min_seconds / cfg.rounds))
+        nxt = itertools.cycle(job.buffers.get(b) or [x]).__next__
+        job.rounds[b].append(sample_ns(lambda: call(nxt()), warmup=1, min_calls=calls,
+                                       min_seconds=cfg.min_seconds / cfg.rounds, sync=sync))
+        if job.on_device and len(job.rounds[b]) == cfg.rounds:   # the second, labelled figure: host arrays
+            job.with_copies[b] = sample_ns(lambda x=x: job.run(x), warmup=1, min_calls=calls,
+                                           min_seconds=cfg.min_seconds / cfg.rounds, sync=sync)
 
 
 def _rows_of(job: _Loaded, peaks: dict) -> list[BenchRow]:
@@ -129,11 +171,14 @@ def _rows_of(job: _Loaded, peaks: dict) -> list[BenchRow]:
                              peak_share=share, peak_mem_mb=None if memory.mb is None else round(memory.mb, 1),
                              peak_mem_kind=memory.kind, load_seconds=job.load_seconds, status="ok",
                              spread=None if noise is None else round(noise, 4),
-                             round_throughputs=[round(t, 2) for t in per_round]))
+                             round_throughputs=[round(t, 2) for t in per_round],
+                             timed="device-resident I/O" if job.on_device else None,
+                             latency_ms_p50_with_copies=(stats_from_ns(job.with_copies[b]).p50_ms
+                                                         if b in job.with_copies else None)))
     return rows
 
 
-def _bench_family(jobs: list[tuple[Variant, str]], data: dict, cfg: BenchConfig, peaks: dict,
+def _bench_family(jobs: list[tuple[Variant, str]], data: dict, cfg: BenchConfig, env: dict,
                   bar, numbers: Iterator[str]) -> list[BenchRow]:
     """Load every job of one family, then time them in interleaved rounds, so drift of the machine
     hits a variant and its parent alike and the rounds' spread measures what is left."""
@@ -144,7 +189,7 @@ def _bench_family(jobs: list[tuple[Variant, str]], data: dict, cfg: BenchConfig,
         if bar.disable:  # no bar drawn (--no-progress, no terminal): still say what is measured
             log.info("bench %s: %s [%s]", number, variant.name, backend)
         card, ds, cost = data[variant.run.name]
-        job = _load(variant, backend, ds, card, cfg, cost=cost)
+        job = _load(variant, backend, ds, card, cfg, cost=cost, l2_bytes=(env.get("gpu") or {}).get("l2_bytes"))
         if isinstance(job, list):
             rows += job
         else:
@@ -156,7 +201,7 @@ def _bench_family(jobs: list[tuple[Variant, str]], data: dict, cfg: BenchConfig,
             _time_round(job, cfg)
             bar.update(1)
     for job in loaded:
-        rows += _rows_of(job, peaks)
+        rows += _rows_of(job, env["peak"])
     return rows
 
 
@@ -183,6 +228,20 @@ def _flag_slow_compression(rows: list[BenchRow], parents: dict[str, str], noise_
         r.parent, r.parent_backend = ref.variant, ref.backend
         r.speed_vs_parent, r.flag_tolerance = round(ratio, 4), round(tolerance, 4)
         r.slower_than_parent = ratio < 1 - tolerance
+    _flag_int8_slower_than_fp16(rows, noise_floor)
+
+
+def _flag_int8_slower_than_fp16(rows: list[BenchRow], noise_floor: float) -> None:
+    """On a GPU, onnxruntime runs an INT8 file's Q/DQ nodes in floating point: say where that row
+    is slower than the same run's FP16 file on the same backend and batch size (same noise rule)."""
+    fp16 = {(r.run, r.backend, r.batch_size): r for r in rows if r.precision == "fp16" and r.throughput_ips}
+    for r in rows:
+        r.slower_than_fp16 = None
+        ref = fp16.get((r.run, r.backend, r.batch_size))
+        if not (r.precision or "").startswith("int8") or not on_gpu(r.backend) or not r.throughput_ips or ref is None:
+            continue
+        tolerance = max([noise_floor] + [s for s in (r.spread, ref.spread) if s is not None])
+        r.slower_than_fp16 = r.throughput_ips / ref.throughput_ips < 1 - tolerance
 
 
 def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(), *,
@@ -219,9 +278,10 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
             with tqdm(total=count * (1 + cfg.rounds), desc="bench", unit="step",  # load, then each round
                       disable=None if progress else True) as bar:
                 for jobs in families.values():
-                    rows += _bench_family(jobs, data, cfg, env["peak"], bar, numbers)
+                    rows += _bench_family(jobs, data, cfg, env, bar, numbers)
         finally:
             torch.set_num_threads(saved_threads)
+        record_end_clocks(env)
         _flag_slow_compression(rows, parents, cfg.noise_floor)
         _write(Path(out), rows, env, cfg, [Path(rd).name for rd in run_dirs])
         return rows

@@ -175,15 +175,21 @@ def cpu_peak(threads: int, cpuinfo_text: str | None = None, measured_gflops: flo
 def gpu_peak(name: str) -> dict[str, Any]:
     for key, peaks in GPU_PEAKS:
         if key.lower() in name.lower():
-            return {"fp32_gflops": peaks["fp32"] * 1e3, "fp16_gflops": peaks["fp16"] * 1e3,
+            # dense BF16 equals dense FP16 on every part of the table (T4 has no bf16 tensor cores)
+            bf16 = None if key == "T4" else peaks["fp16"] * 1e3
+            return {"fp32_gflops": peaks["fp32"] * 1e3, "fp16_gflops": peaks["fp16"] * 1e3, "bf16_gflops": bf16,
                     "int8_gops": peaks["int8"] * 1e3, "basis": f"{key} datasheet, dense tensor-core peaks"}
-    return {"fp32_gflops": None, "fp16_gflops": None, "int8_gops": None, "basis": f"no datasheet entry for {name}"}
+    return {"fp32_gflops": None, "fp16_gflops": None, "bf16_gflops": None, "int8_gops": None,
+            "basis": f"no datasheet entry for {name}: no utilisation column for its rows"}
 
 
 def peak_for(peaks: dict[str, Any], precision: str) -> float | None:
-    """The peak (G-ops/s) that applies to a row's precision: int8* -> int8, fp16 -> fp16, else fp32."""
+    """The peak (G-ops/s) that applies to a row's precision: int8* -> int8, fp16 -> fp16, bf16 -> the
+    GPU's bf16 tensor-core peak (on a CPU, whose record has none, the FP32 peak as before), else fp32."""
     if precision.startswith("int8"):
         return peaks.get("int8_gops")
+    if precision == "bf16" and peaks.get("bf16_gflops"):
+        return peaks["bf16_gflops"]
     return peaks.get("fp16_gflops") if precision == "fp16" else peaks.get("fp32_gflops")
 
 

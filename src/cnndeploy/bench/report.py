@@ -38,19 +38,27 @@ def bench_markdown(rows: list[dict], env: dict, config: dict | None = None) -> s
     ok = [r for r in rows if r["status"] == "ok"]
     memory = any(r.get("peak_mem_mb") is not None for r in ok)  # measured on GPU only (bench/memory.py)
     ran = any(r.get("compute_precision") for r in ok)  # a runtime said what it ran (OpenVINO)
+    device = any(r.get("timed") for r in ok)          # GPU rows timed on device-resident inputs
+    compiled = any(r.get("compile_seconds") is not None for r in ok)
     cols = ["variant", "backend", "batch", *(["ran in (batch shape)"] if ran else []), "accuracy",
-            "p50 ms", "p99 ms", "images/s", "spread", "GOP/s (% of peak)", *(["peak MB"] if memory else []),
-            "load s", "size bytes", "MMACs", "× parent", "slower than parent"]
+            "p50 ms", *(["p50 ms incl. host copies"] if device else []), "p99 ms", "images/s", "spread",
+            "GOP/s (% of peak)", *(["peak MB"] if memory else []),
+            "load s", *(["compile s (mode)"] if compiled else []), "size bytes", "MMACs", "× parent",
+            "slower than parent"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in ok:
         share = f" ({100 * r['peak_share']:.1f}%)" if r.get("peak_share") is not None else ""
         compute = f"{r['compute_precision']} ({r.get('batch_shape')})" if r.get("compute_precision") else "—"
         cells = [_variant_cell(r), r["backend"], str(r["batch_size"]),
                  *([compute] if ran else []), _fmt(r.get("accuracy"), ".2%"),
-                 _fmt(r.get("latency_ms_p50"), ".3f"), _fmt(r.get("latency_ms_p99"), ".3f"),
+                 _fmt(r.get("latency_ms_p50"), ".3f"),
+                 *([_fmt(r.get("latency_ms_p50_with_copies"), ".3f")] if device else []),
+                 _fmt(r.get("latency_ms_p99"), ".3f"),
                  _fmt(r.get("throughput_ips"), ".1f"), _fmt(r.get("spread"), ".1%"),
                  _fmt(r.get("achieved_gops"), ".2f") + share,
                  *([_fmt(r.get("peak_mem_mb"), ".0f")] if memory else []), _fmt(r.get("load_seconds"), ".3f"),
+                 *([_fmt(r.get("compile_seconds"), ".1f") + (f" ({r['compile_mode']})" if r.get("compile_mode")
+                                                             else "")] if compiled else []),
                  _fmt(r.get("size_bytes"), ".0f"),
                  _fmt(r["macs"] / 1e6 if r.get("macs") else None, ".2f"), _vs_parent(r), _flag(r)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -61,6 +69,11 @@ def bench_markdown(rows: list[dict], env: dict, config: dict | None = None) -> s
     text += _listed("Not measured", skipped_lines(rows)) + _listed("Failed", failed_lines(rows))
     plots = "\n".join(f"![{title}]({name})" for name, title in PLOTS)
     return text + f"\n{plots}\n"
+
+
+def _clocks(c: dict | None) -> str:
+    """nvidia-smi's clocks as "1980/3201 MHz"; "unknown" without nvidia-smi."""
+    return f"{c.get('sm_mhz')}/{c.get('mem_mhz')} MHz" if c else "unknown"
 
 
 def _variant_cell(r: dict) -> str:
@@ -95,6 +108,8 @@ def _vs_parent(r: dict, flag: bool = False) -> str:
 
 def _flag(r: dict) -> str:
     slower = r.get("slower_than_parent")
+    if r.get("slower_than_fp16"):   # GPU INT8 files: Q/DQ in floating point
+        return ("**yes**; " if slower else "") + "**slower than FP16** (Q/DQ run in floating point)"
     if slower:
         return "**yes**"
     if slower is False and (r.get("speed_vs_parent") or 1) < 1 and r.get("flag_tolerance") is not None:
@@ -147,7 +162,9 @@ def failed_lines(rows: list[dict]) -> list[str]:
 def environment_line(env: dict) -> str:
     """One paragraph a reader needs to trust (or discount) the numbers."""
     gpu = env.get("gpu")
-    gpu_text = f"{gpu['name']} (compute {gpu['compute_capability']}, driver {gpu.get('driver')})" if gpu else "none"
+    gpu_text = (f"{gpu['name']} (compute {gpu['compute_capability']}, driver {gpu.get('driver')}, CUDA "
+                f"{gpu.get('cuda')}, cuDNN {gpu.get('cudnn')}, SM/memory clocks {_clocks(gpu.get('clocks_start'))} "
+                f"at start, {_clocks(gpu.get('clocks_end'))} at end)" if gpu else "none")
     peaks = env.get("peak") or {}
     cpu = peaks.get("cpu") or {}
     bf16 = env.get("bf16_isa")

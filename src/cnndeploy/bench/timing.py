@@ -76,6 +76,15 @@ def measure(fn: Callable[[], Any], *, warmup: int = 10, min_calls: int = 20, min
                                    max_calls=max_calls, sync=sync))
 
 
+def rotation_count(batch_bytes: int, l2_bytes: int | None, *, most: int = 8) -> int:
+    """How many input buffers to rotate among so that a call never finds its input still in the
+    GPU's L2 from the call before: enough that together they exceed twice L2, at least 2 (capped at
+    `most`: small batches are launch-bound and their inputs fit L2 whatever one does). Unknown L2: 1."""
+    if not l2_bytes or batch_bytes <= 0:
+        return 1
+    return max(2, min(most, math.ceil(2 * l2_bytes / batch_bytes)))
+
+
 def spread(values: list[float]) -> float | None:
     """How far the lowest of repeated rates fell below the highest, (max - min) / max; None under two.
 

@@ -16,6 +16,7 @@ from cnndeploy import system
 from cnndeploy.artifacts.files import BACKENDS_BY_KIND, COMPUTE_PRECISIONS, compute_spec
 from cnndeploy.artifacts.variants import Variant
 from cnndeploy.errors import CnnDeployError
+from cnndeploy.runtime.classifier import SessionRunner
 
 Runner = Callable[[np.ndarray], np.ndarray]
 BACKENDS = tuple(b for backends in BACKENDS_BY_KIND.values() for b in backends)
@@ -44,17 +45,99 @@ def _ort_provider(name: str) -> str | None:
     return None if name in onnxruntime().get_available_providers() else f"onnxruntime has no {name}"
 
 
-def torch_model_runner(model: Any, device: Any = "cpu", *, compile_: bool = False) -> Runner:
-    """A torch module as a runner: numpy in, float32 numpy logits out, no autograd."""
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # torch's compute precisions
+
+
+def torch_model_runner(model: Any, device: Any = "cpu", *, compile_: bool = False,
+                       precision: str = "fp32") -> Runner:
+    """A torch module as a runner: numpy in, float32 numpy logits out, no autograd.
+
+    fp16/bf16 cast the weights and every input batch (channels_last, the layout tensor-core
+    convolutions want); the logits come back as float32 like every other runner's.
+    """
     import torch
 
+    dtype = getattr(torch, TORCH_DTYPES[precision])
+    if precision != "fp32":
+        model = model.to(dtype=dtype, memory_format=torch.channels_last)
     fn = torch.compile(model) if compile_ else model
+    layout = torch.channels_last if precision != "fp32" else torch.contiguous_format
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            out = fn(torch.from_numpy(np.ascontiguousarray(x)).to(device))
+            t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+            out = fn(t.to(dtype=dtype, memory_format=layout) if precision != "fp32" else t)
         return out.float().cpu().numpy()
     return run
+
+
+COMPILE_MODE_CUDA = "reduce-overhead"   # torch.compile with CUDA graphs: batch 1 is launch-bound
+
+
+class TorchCudaRunner:
+    """A torch module on the GPU, with the device-resident path the bench times.
+
+    `__call__` takes and returns host arrays (accuracy, serving); `to_device` puts one batch on the
+    GPU once and `run_on_device` runs the model on it, leaving the logits there, so a timed call
+    is the model, not PCIe. With `compile_mode`, `prepare` compiles one static-shape module per
+    batch size (CUDA graphs with reduce-overhead) and times it; other batch sizes run eagerly.
+    """
+
+    def __init__(self, model: Any, precision: str = "fp32", compile_mode: str | None = None) -> None:
+        import torch
+
+        self.torch, self.dtype = torch, getattr(torch, TORCH_DTYPES[precision])
+        self.layout = torch.contiguous_format if precision == "fp32" else torch.channels_last
+        self.model = model if precision == "fp32" else model.to(dtype=self.dtype, memory_format=self.layout)
+        self.compile_mode, self.compiled, self.compile_seconds = compile_mode, {}, {}
+        self._shape: tuple[int, ...] | None = None   # one image's shape, learnt from the first batch
+
+    def prepare(self, batch_sizes: list[int]) -> None:
+        """One compiled module per batch size, compile and graph capture timed (three calls: the
+        first compiles, the next two warm up and record the CUDA graph)."""
+        import time
+
+        torch = self.torch
+        if not self.compile_mode:
+            return
+        if self._shape is None:
+            raise CnnDeployError("TorchCudaRunner.prepare: run one batch first (the image shape is taken from it)")
+        limits = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit"):   # shapes x variants share one code cache
+            if hasattr(limits, name):
+                setattr(limits, name, max(getattr(limits, name), 64))
+        for b in batch_sizes:
+            fn = torch.compile(self.model, mode=self.compile_mode, dynamic=False)
+            x = torch.zeros((b, *self._shape), device="cuda").to(dtype=self.dtype, memory_format=self.layout)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.no_grad():   # not inference_mode: CUDA-graph capture is documented under no_grad
+                for _ in range(3):
+                    torch.compiler.cudagraph_mark_step_begin()
+                    fn(x)
+            torch.cuda.synchronize()
+            self.compiled[b], self.compile_seconds[b] = fn, round(time.perf_counter() - t0, 3)
+
+    def to_device(self, x: np.ndarray) -> Any:
+        t = self.torch.from_numpy(np.ascontiguousarray(x)).to("cuda")
+        self._shape = tuple(x.shape[1:])
+        return t.to(dtype=self.dtype, memory_format=self.layout)
+
+    def run_on_device(self, t: Any) -> Any:
+        fn = self.compiled.get(t.shape[0])
+        if fn is None:
+            with self.torch.inference_mode():
+                return self.model(t)
+        with self.torch.no_grad():
+            self.torch.compiler.cudagraph_mark_step_begin()
+            return fn(t)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        # clone-free: .float().cpu() copies the logits out before a graph replay can overwrite them
+        return self.run_on_device(self.to_device(x)).float().cpu().numpy()
+
+    def row_details(self, b: int) -> dict[str, Any]:
+        return {"compile_mode": self.compile_mode, "compile_seconds": self.compile_seconds.get(b)}
 
 
 def _torch_runner(variant: Variant, *, compile_: bool, threads: int | None) -> Runner:
@@ -66,7 +149,9 @@ def _torch_runner(variant: Variant, *, compile_: bool, threads: int | None) -> R
         torch.set_num_threads(threads)
     device = "cuda" if _cuda() else "cpu"
     model, _ = load_run(variant.run, device)
-    return torch_model_runner(model, device, compile_=compile_)
+    if device == "cuda":
+        return TorchCudaRunner(model, variant.precision, COMPILE_MODE_CUDA if compile_ else None)
+    return torch_model_runner(model, device, compile_=compile_, precision=variant.precision)
 
 
 def ort_session(path: Any, provider: str = "CPUExecutionProvider", threads: int | None = None) -> Any:
@@ -83,11 +168,29 @@ def ort_session(path: Any, provider: str = "CPUExecutionProvider", threads: int 
 
 def _ort_runner(variant: Variant, provider: str, threads: int | None) -> Runner:
     from cnndeploy.artifacts.card import ModelCard
-    from cnndeploy.runtime.classifier import SessionRunner
 
     # the same checks as eval's Classifier: fixed batch sizes, [N, classes] outputs
-    return SessionRunner(ort_session(variant.path, provider, threads), str(variant.path),
-                         ModelCard.read(variant.run).num_classes)
+    cls = OrtCudaRunner if provider == PROVIDERS["ort-cuda"] else SessionRunner
+    return cls(ort_session(variant.path, provider, threads), str(variant.path), ModelCard.read(variant.run).num_classes)
+
+
+class OrtCudaRunner(SessionRunner):
+    """SessionRunner on the CUDA provider, plus I/O binding: the input copied to the GPU once, the
+    output left there (onnxruntime's IOBinding), so a timed `run_on_device` call is the model."""
+
+    def to_device(self, x: np.ndarray) -> Any:
+        from cnndeploy.runtime.onnxruntime_import import onnxruntime
+
+        if self.fixed_batch and self.fixed_batch != len(x):
+            return None   # a file of fixed batch size runs in slices: only the host path does that
+        value = onnxruntime().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, np.float32), "cuda", 0)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, value)
+        binding.bind_output(self.output_name, "cuda", 0)
+        return binding, value   # the value kept alive beside its binding
+
+    def run_on_device(self, bound: Any) -> None:
+        self.session.run_with_iobinding(bound[0])
 
 
 def _openvino_runner(variant: Variant, threads: int | None) -> Runner:
@@ -115,17 +218,20 @@ def engine_runner(path: Any) -> Runner:
     return run
 
 
-def _computes(precision: str) -> bool:
-    """Whether this machine has the instructions for a compute precision (bf16: AVX512-BF16 or AMX)."""
+def _computes(backend: str, precision: str) -> bool:
+    """Whether this machine computes `precision` on `backend`: torch's fp16/bf16 rows need a CUDA
+    GPU (on a CPU they would time emulation, not a deployment); OpenVINO's bf16 needs AVX512-BF16 or AMX."""
+    if backend == "torch":
+        return _cuda()
     return precision != "bf16" or system.cpu_bf16_isa() is not None
 
 
 def backend_variants(backend: str, variant: Variant) -> list[Variant]:
     """The rows `backend` makes of `variant`: the file itself, then each extra compute precision it
-    offers for that file (OpenVINO's bf16 of model.onnx) where this CPU has the instructions.
-    On a CPU without them there is no such row at all, not a skipped one: it is not a file to make."""
+    offers for that file (OpenVINO's bf16 of model.onnx, torch's fp16/bf16 of the weights) where
+    this machine computes it. Elsewhere there is no such row at all, not a skipped one: it is not a file to make."""
     extra = COMPUTE_PRECISIONS.get((backend, variant.spec.name), ())
-    return [variant] + [Variant(variant.run, compute_spec(variant.spec, p)) for p in extra if _computes(p)]
+    return [variant] + [Variant(variant.run, compute_spec(variant.spec, p)) for p in extra if _computes(backend, p)]
 
 
 def on_gpu(backend: str) -> bool:
