@@ -38,7 +38,7 @@ LAYERS = [  # top first; a layer's groups, each group the top-level modules or p
 GROUP = {name: (level, group[0] or "core") for level, groups in enumerate(LAYERS)
          for group in groups for name in group}
 TORCH_FREE = ["runtime", "runtime.classifier", "runtime.topk", "runtime.accuracy", "runtime.evaluate",
-              "runtime.runners", "runtime.onnxruntime_import", "artifacts", "artifacts.files",
+              "runtime.runners", "runtime.onnxruntime_import", "runtime.optional", "artifacts", "artifacts.files",
               "artifacts.card", "artifacts.variants", "artifacts.records", "serve.lineup", "serve.tables"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from cnndeploy.errors import CnnDeployError
+from cnndeploy.runtime.optional import require
 
 INSTALL_HINT = ("pip install 'cnndeploy[cpu]' (onnxruntime) or 'cnndeploy[gpu]' (onnxruntime-gpu, "
                 "CUDA); install one of them, not both: they provide the same module")
@@ -16,8 +17,4 @@ class OnnxRuntimeMissing(CnnDeployError):
 
 def onnxruntime() -> ModuleType:
     """The onnxruntime module, or one error that names both extras."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise OnnxRuntimeMissing(f"this needs onnxruntime, which is not installed: {INSTALL_HINT}") from None
-    return ort
+    return require("onnxruntime", OnnxRuntimeMissing, INSTALL_HINT)

@@ -28,6 +28,7 @@ import numpy as np
 
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.runtime.classifier import ModelFileError, SessionRunner
+from cnndeploy.runtime.optional import require
 
 INSTALL_HINT = "pip install 'cnndeploy[openvino]'"
 HINTS = {"fp32": "f32", "bf16": "bf16"}   # a row's compute precision -> INFERENCE_PRECISION_HINT
@@ -47,11 +48,7 @@ class OpenVINOMissing(CnnDeployError):
 
 def openvino() -> ModuleType:
     """The openvino module, or one error that says how to install it."""
-    try:
-        import openvino as ov
-    except ImportError:
-        raise OpenVINOMissing(f"this needs openvino, which is not installed: {INSTALL_HINT}") from None
-    return ov
+    return require("openvino", OpenVINOMissing, INSTALL_HINT)
 
 
 def version() -> str | None:
