@@ -173,6 +173,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None, help=f"{PRECISION_HELP} (default: auto)")
     p.add_argument("--subset", type=_positive_int, metavar="N",
                    help="train on a fixed random subset of N images (default: all of them)")
+    p.add_argument("--holdout", type=_non_negative_int, default=None, metavar="N",
+                   help="keep N training images (a seeded choice) out of training: the validation split "
+                        "that `optimize` decides on (default: 0)")
+    p.add_argument("--holdout-seed", type=_seed, default=None, help="which images --holdout keeps out (default: 0)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--download", action="store_true", default=None, help="fetch MNIST/CIFAR-10 if missing")
     p.add_argument("--out", help="run directory (default: runs/<model>-<dataset>)")

@@ -20,6 +20,7 @@ from cnndeploy.artifacts import files as layout
 from cnndeploy.artifacts import lock, records
 from cnndeploy.models import weights
 from cnndeploy.data import ImageDataset, load_dataset
+from cnndeploy.data.holdout import Holdout
 from cnndeploy.data.device import DeviceSplit, ShardedSplit, augment_for
 from cnndeploy.devices import pick_device
 from cnndeploy.system import cpu_has_bf16
@@ -65,6 +66,8 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     subset: int | None = None          # train on a fixed random subset of this many images
+    holdout: int = 0                   # training images kept out as the validation split (data.holdout)
+    holdout_seed: int = 0              # which ones
     widths: dict | None = None         # non-default layer widths (a pruned model)
     init_weights: str | None = None    # start from these weights (safetensors) instead of random
     sync_bn: bool = False              # under torchrun on GPUs: BatchNorm over the whole global batch
@@ -73,6 +76,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)  # built from Python, not only from the command line (which checks it too)
+        check_seed(self.holdout_seed, "holdout seed")
+        if type(self.holdout) is not int or self.holdout < 0:
+            raise CnnDeployError(f"holdout {self.holdout!r}: expected a non-negative number of training images")
 
     def resolved(self) -> "TrainConfig":
         """Fill unset hyper-parameters from the model's recipe for this dataset."""
@@ -84,7 +90,8 @@ class TrainConfig:
 
 # Fields added after runs were first recorded, with the value those runs trained with: a checkpoint
 # or metrics.json without them is read as today's defaults, never as "from the recipe".
-LATER_FIELDS: dict[str, Any] = {"schedule": "linear", "ema": 0.0, "random_erasing": 0.0}
+LATER_FIELDS: dict[str, Any] = {"schedule": "linear", "ema": 0.0, "random_erasing": 0.0, "holdout": 0,
+                                 "holdout_seed": 0}
 
 
 def with_later_fields(config: dict[str, Any]) -> dict[str, Any]:
@@ -337,8 +344,9 @@ def _train_locked(cfg: TrainConfig, dist: Dist, *, resume: bool, explicit: set[s
     check_recipe_options(cfg)
     device = dist.local_device(pick_device(cfg.device))
     t_start = time.perf_counter()
-    ds = _subset(load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download),
-                 cfg.subset, cfg.seed)
+    # the validation split goes first, so --subset never draws from it
+    ds = _subset(Holdout(cfg.holdout, cfg.holdout_seed).without(
+        load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download)), cfg.subset, cfg.seed)
     if cfg.batch_size < 2:
         raise CnnDeployError(f"--batch-size {cfg.batch_size}: expected at least 2 (BatchNorm needs it)")
     if len(ds.train_y) < 2:

@@ -23,6 +23,7 @@ from cnndeploy.artifacts.card import ModelCard
 from cnndeploy.artifacts.records import PruneRecord
 from cnndeploy.data import dataset_for
 from cnndeploy.data.device import DeviceSplit
+from cnndeploy.data.holdout import Holdout
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.models import get_spec, weights
 from cnndeploy.models.cost import count
@@ -116,6 +117,8 @@ class PruneConfig:
     lr: float | None = None             # None: a quarter of the original run's peak lr
     precision: str | None = None        # fine-tune compute; None: the original run's
     distill: bool = False               # fine-tune against the unpruned model's outputs (KD)
+    holdout: int | None = None          # validation images kept out of the fine-tune; None: the original's
+    holdout_seed: int | None = None     # None: the original's
 
     def check(self) -> "PruneConfig":
         if not 0 < self.amount < 1:
@@ -150,6 +153,9 @@ def _prune_into(run: Path, out_dir: Path, cfg: PruneConfig, model: nn.Module, ca
     if (out_dir / layout.METRICS).exists() or (out_dir / layout.CHECKPOINT).exists():
         raise CnnDeployError(f"{out_dir} already holds a run; choose another --out (nothing was overwritten)")
     ds = dataset_for(card, data_dir=data_dir)
+    holdout = Holdout(cfg.holdout if cfg.holdout is not None else original.get("holdout", 0),
+                      cfg.holdout_seed if cfg.holdout_seed is not None else original.get("holdout_seed", 0))
+    ds = holdout.without(ds)  # BN re-estimation and Taylor gradients never see the validation split
     dataset = card.dataset if card.dataset in NAMED else ds.path
     # the fine-tune reads the very files measured here, wherever dataset_for found them
     found_in = str(ds.path) if card.dataset in NAMED else data_dir
@@ -173,6 +179,7 @@ def _prune_into(run: Path, out_dir: Path, cfg: PruneConfig, model: nn.Module, ca
                             batch_size=original.get("batch_size"), device=device, data_dir=found_in,
                             widths=model.widths(), init_weights=str(init),
                             precision=cfg.precision or original.get("precision", "auto"),
+                            holdout=holdout.size, holdout_seed=holdout.seed,
                             teacher=str(run.resolve()) if cfg.distill else None)  # absolute: --resume elsewhere
     weights.save_weights(init, model)
     metrics = train(train_cfg, progress=progress)
@@ -192,7 +199,8 @@ def _recorded_config(run: Path) -> dict:
     """The original run's recorded epochs, lr, batch size and precision, where they have a usable type
     (the rest falls back to the recipe, as for a run without metrics.json)."""
     config = records.read_metrics(run).get("config", {})
-    usable = {"epochs": int, "batch_size": int, "lr": (int, float), "precision": str}
+    usable = {"epochs": int, "batch_size": int, "lr": (int, float), "precision": str, "holdout": int,
+              "holdout_seed": int}
     return {k: v for k, v in config.items() if k in usable and isinstance(v, usable[k]) and not isinstance(v, bool)
             and (isinstance(v, str) or v > 0)}
 
