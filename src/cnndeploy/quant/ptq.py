@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -51,19 +51,54 @@ def _method(name: str):
             "percentile": CalibrationMethod.Percentile}[name]
 
 
-def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str) -> None:
-    """Quantize `fp32` into `out` (atomically) with the given calibration images."""
-    from onnxruntime.quantization import QuantFormat, quantize_static
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul")  # the nodes whose INT8 arithmetic costs accuracy (and buys speed)
+
+
+def prepare_float(fp32: Path, out: Path) -> Path:
+    """Write the pre-processed float model quantize_file quantizes (quant_pre_process) to `out`.
+
+    Its node names are the ones `nodes_to_exclude` and the sensitivity ranking speak of; the
+    same `fp32` always gives the same file, so names taken from one call hold for the next.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
+    return Path(out)
+
+
+def check_node_names(prepared: Path, names: Sequence[str], *, what: str) -> None:
+    """Refuse names that are no node of `prepared`: quantize_static would silently ignore them."""
+    import onnx
+
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    known = {n.name for n in graph.node}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        compute = [n.name for n in graph.node if n.op_type in COMPUTE_OPS]
+        raise CnnDeployError(f"{what}: no node named {', '.join(map(repr, unknown))} in the prepared float "
+                             f"model; valid names include its {'/'.join(COMPUTE_OPS)} nodes: "
+                             f"{', '.join(compute) or '(none)'}")
+
+
+def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str,
+                  nodes_to_exclude: Sequence[str] = ()) -> None:
+    """Quantize `fp32` into `out` (atomically) with the given calibration images.
+
+    `nodes_to_exclude`: node names of the pre-processed model (see prepare_float) left in float.
+    """
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
     from cnndeploy.quant.calibration import BatchReader
 
+    if isinstance(nodes_to_exclude, str):  # a bare name would be taken letter by letter
+        raise CnnDeployError(f"nodes_to_exclude {nodes_to_exclude!r}: expected a list of node names")
+    excluded = list(nodes_to_exclude)
     with tempfile.TemporaryDirectory() as tmp, atomic_path(out) as final_tmp:
-        prepped = Path(tmp) / "prepped.onnx"
-        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+        prepped = prepare_float(fp32, Path(tmp) / "prepped.onnx")
+        check_node_names(prepped, excluded, what="nodes_to_exclude")
         quantize_static(str(prepped), str(final_tmp), BatchReader(images, "input"),
                         quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=_method(method),
-                        **_quant_settings(target))
+                        nodes_to_exclude=excluded, **_quant_settings(target))
 
 
 @dataclass(frozen=True)
