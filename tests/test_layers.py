@@ -2,6 +2,7 @@
 
     cli                      the command line
     pipeline | serve         the make-like pipeline, the Gradio demo
+    optimize                 the accuracy-budgeted search over variants and backends
     quant | bench            INT8 quantization (it may export first), benchmarks
     export | train           ONNX/TensorRT/Triton export; training, evaluation, pruning
     runtime                  Classifier, runners per backend, the one accuracy loop
@@ -28,6 +29,7 @@ PACKAGE = SRC / "cnndeploy"
 LAYERS = [  # top first; a layer's groups, each group the top-level modules or packages it holds
     [("cli", "__main__")],
     [("pipeline",), ("serve",)],
+    [("optimize",)],
     [("quant",), ("bench",)],
     [("export",), ("train",)],
     [("runtime",)],

@@ -292,6 +292,68 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _duration(text: str) -> float:
+    from cnndeploy.errors import CnnDeployError
+    from cnndeploy.optimize.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except CnnDeployError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+
+def _fraction_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v)
+    except ValueError:
+        values = ()
+    if not values or any(not 0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected fractions in (0, 1) separated by commas, got {text!r}")
+    return values
+
+
+def _add_optimize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "optimize", help="the fastest deployable file within an accuracy budget, measured on this machine",
+        description="Search pruning amounts x precision (FP32, INT8 of the target's flavour, BF16/FP16 where a\n"
+                    "backend computes it) x the target's backends installed here; every decision reads\n"
+                    "validation accuracy (train --holdout, else a seeded split of the training images),\n"
+                    "latency is measured at --batch-size. An INT8 file over budget gets per-layer\n"
+                    "sensitivity, float fallback one layer at a time, then QAT. Writes DIR/optimize.json,\n"
+                    "optimize.md, pareto.png and the chosen file as DIR/best.onnx (lineage in its metadata).",
+        epilog=_examples("cnndeploy optimize runs/lenet5-mnist --max-drop 0.5 --data-dir data/mnist-mini "
+                         "--out runs/lenet5-opt",
+                         "cnndeploy optimize runs/resnet18-cifar10 --max-drop 1.0 --batch-size 64 --time-budget 30m"))
+    p.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+    p.add_argument("--max-drop", type=_fraction(0.0, 100.0, False), required=True, metavar="POINTS",
+                   help="accuracy points the chosen file may lose against FP32, on the validation split")
+    p.add_argument("--target", default="cpu", choices=("cpu", "cuda"),
+                   help="cpu: onnxruntime + OpenVINO, INT8 with uint8 activations; cuda: onnxruntime CUDA, "
+                        "TensorRT, PyTorch, symmetric INT8")
+    p.add_argument("--backends", type=lambda t: tuple(b for b in t.split(",") if b), default=None,
+                   help="override the target's backends (comma-separated)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="the batch size latency is measured at")
+    p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                   help="e.g. 30m: stop trying new candidates when it is spent, report the best so far")
+    p.add_argument("--amounts", type=_fraction_list, default=(0.3, 0.5, 0.7), metavar="A,A,...",
+                   help="pruning amounts tried beside the unpruned model (default 0.3,0.5,0.7)")
+    p.add_argument("--finetune-epochs", type=_positive_int, help="per pruned amount (default: prune's, 20%% of "
+                                                                 "the training run)")
+    p.add_argument("--distill", default="auto", choices=("auto", "on", "off"),
+                   help="fine-tune pruned models against the parent; auto: try both at the first amount")
+    p.add_argument("--val-size", type=_positive_int, help="validation images when RUN_DIR kept none out "
+                                                          "(default: 10%% of train, at most 5000)")
+    p.add_argument("--val-seed", type=_seed, default=0, help="which training images --val-size takes")
+    p.add_argument("--calib-size", type=_positive_int, default=512, help="INT8 calibration images (training split)")
+    p.add_argument("--max-fallback", type=_non_negative_int, default=6, help="INT8 layers kept in float at most")
+    p.add_argument("--qat-epochs", type=_non_negative_int, default=1, help="QAT epochs where fallback misses (0: off)")
+    p.add_argument("--min-seconds", type=_positive_float, default=2.0, help="timing budget per measured row")
+    p.add_argument("--threads", type=_positive_int, help="intra-op threads of every backend (default: theirs)")
+    p.add_argument("--out", help="result folder (default: RUN_DIR-optimized)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v]
@@ -405,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quant(sub)
     _add_prune(sub)
     _add_bench(sub)
+    _add_optimize(sub)
     _add_pipeline(sub)
     _add_serve(sub)
     return parser
@@ -597,6 +660,49 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def optimize_config_from_args(args: argparse.Namespace):
+    from cnndeploy.optimize import OptimizeConfig
+
+    return OptimizeConfig(max_drop=args.max_drop, target=args.target, backends=args.backends,
+                          batch_size=args.batch_size, time_budget=args.time_budget, amounts=args.amounts,
+                          finetune_epochs=args.finetune_epochs, distill=args.distill, val_size=args.val_size,
+                          val_seed=args.val_seed, calib_size=args.calib_size, max_fallback=args.max_fallback,
+                          qat_epochs=args.qat_epochs, min_seconds=args.min_seconds, threads=args.threads).check()
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cnndeploy.optimize import optimize_run
+
+    cfg = optimize_config_from_args(args)  # a bad option is reported before a bad RUN_DIR
+    run = _one_run_dir(args.run_dir, "optimize")
+    out = Path(args.out) if args.out else Path(run).with_name(Path(run).name + "-optimized")
+    r = optimize_run(run, cfg, out=out, data_dir=args.data_dir, progress=not args.no_progress)
+    print(summary_of_optimize(r, out))
+    return 0 if r.chosen else 1
+
+
+def summary_of_optimize(r, out) -> str:
+    chosen = next((c for c in r.candidates if c.name == r.chosen), None)
+    lines = []
+    if not r.finished:
+        lines.append(f"the time budget ({r.time_budget_s:.0f} s) ended the search after {r.elapsed_s:.0f} s; "
+                     f"the best candidate found so far is reported ({len(r.skipped)} step(s) not tried, "
+                     "listed in optimize.md)")
+    if chosen is None:
+        lines.append(f"no candidate is within {r.max_drop:g} points on validation; see {out}/optimize.md")
+    else:
+        test = "" if chosen.test_accuracy is None else f", test {100 * chosen.test_accuracy:.2f}%"
+        ref = r.reference.get("test_accuracy")
+        speed = "" if chosen.speedup_vs_reference is None else f", {chosen.speedup_vs_reference:.2f}x FP32 PyTorch eager"
+        lines.append(f"chose {chosen.name}: validation {chosen.val_drop_points:+.2f} points (budget {r.max_drop:g})"
+                     f"{test}" + ("" if ref is None else f" vs {100 * ref:.2f}%") + f"{speed} at batch {r.batch_size}"
+                     f" -> {out}/{r.best_file}")
+    lines += [f"  why not: {line}" for line in r.why_lost[:5]]
+    return "\n".join(lines)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from cnndeploy.serve.app import serve
 
@@ -606,7 +712,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export, "quant": _cmd_quant,
-            "prune": _cmd_prune, "bench": _cmd_bench, "pipeline": _cmd_pipeline, "serve": _cmd_serve}
+            "prune": _cmd_prune, "bench": _cmd_bench, "optimize": _cmd_optimize, "pipeline": _cmd_pipeline,
+            "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,11 @@ PRUNE, QUANT, BENCH, PIPELINE, REPORT = "prune.json", "quant.json", "bench.json"
 BENCH_DIR = "bench"
 PRUNE_INIT = "pruned-init.safetensors"   # a pruned run's starting weights, before its fine-tune
 LOCK = ".cnndeploy.lock"   # held (flock) by the one command writing a folder: artifacts/lock.py
+# `cnndeploy optimize --out DIR`: the search's record and report, its plot, the file it chose,
+# and that file's ONNX metadata key holding its lineage (JSON) and the budget it meets.
+OPTIMIZE, OPTIMIZE_MD, PARETO, BEST = "optimize.json", "optimize.md", "pareto.png", "best.onnx"
+OPTIMIZE_WORK = "candidates"    # the candidates' run directories inside DIR
+LINEAGE_KEY = "cnndeploy_lineage"
 
 FLOAT_INPUT = "float32 NCHW, normalised"
 UINT8_INPUT = "uint8 NHWC pixels, normalisation inside"
@@ -66,12 +71,15 @@ FILES: tuple[FileSpec, ...] = (
              triton_suffix="-int8-cpu", triton_instance="cpu"),
     FileSpec("model.int8-trt.onnx", "onnx", "int8-trt", "INT8 (trt)", "cnndeploy quant RUN_DIR --target tensorrt",
              ONNX),
+    # whatever `optimize` chose (pruned, INT8 or float): its metadata's LINEAGE_KEY says which
+    FileSpec(BEST, "onnx", "best", "chosen by optimize", "cnndeploy optimize RUN_DIR --max-drop X", None,
+             triton_suffix="-best"),
 )
 # Compute precisions a backend offers for a file beyond the file's own: OpenVINO computes the FP32
 # ONNX file in bf16 where the CPU has bf16 instructions; torch casts the FP32 weights to fp16 and
 # bf16 (channels_last) on a CUDA GPU only. Such a row keeps its `file` (model.onnx,
 # model.safetensors) and says `precision`; no file of its own is written.
-COMPUTE_PRECISIONS: dict[tuple[str, str], tuple[str, ...]] = {("openvino", ONNX): ("bf16",),
+COMPUTE_PRECISIONS: dict[tuple[str, str], tuple[str, ...]] = {("openvino", ONNX): ("bf16",), ("openvino", BEST): ("bf16",),
                                                               ("torch", WEIGHTS): ("fp16", "bf16")}
 QUANT_TARGETS = {"cpu": "model.int8-cpu.onnx", "tensorrt": "model.int8-trt.onnx"}
 
@@ -138,7 +146,7 @@ def pruned_run_name(run_name: str, amount: float) -> str:
     return f"{run_name}-pruned{round(100 * amount)}"
 
 
-PRECISION_ORDER = ("fp32", "bf16", "fp16", "int8-cpu", "int8-trt", "int8")
+PRECISION_ORDER = ("fp32", "bf16", "fp16", "int8-cpu", "int8-trt", "int8", "best")
 
 
 def made_by(kind: str) -> str:

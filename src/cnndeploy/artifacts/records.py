@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnndeploy.artifacts.files import BENCH, METRICS, PRUNE, QUANT
+from cnndeploy.artifacts.files import BENCH, METRICS, OPTIMIZE, PRUNE, QUANT
 from cnndeploy.errors import CheckpointError
 from cnndeploy.fileio import read_json, write_json_atomic
 
@@ -188,6 +188,8 @@ class TrainSettings(typing.TypedDict, total=False):
     data_dir: str | None
     widths: dict[str, Any] | None
     teacher: str | None
+    holdout: int
+    holdout_seed: int
 
 
 @dataclass
@@ -313,6 +315,69 @@ def write_quant_entry(run: Path, record: QuantRecord) -> None:
     entries = read_quant(run)
     entries[record.file] = record.to_json()
     write_json_atomic(Path(run) / QUANT, entries)
+
+
+@dataclass
+class Candidate(Record):
+    """One row of optimize.json: a file on a backend, at the search's batch size, and its verdict."""
+    name: str                            # stage/file@backend[/compute precision]
+    stage: str                           # p0, p30, p30-qat...: the candidate run directory inside candidates/
+    prune_amount: float
+    file: str
+    backend: str
+    precision: str                       # the file's, or the compute precision the backend ran it in
+    status: str                          # ok | failed: <why> | skipped: <why>
+    excluded_nodes: list[str] = field(default_factory=list)   # INT8 layers kept in float (fallback)
+    qat_epochs: int = 0
+    val_accuracy: float | None = None    # decisions: the validation split, never the test split
+    val_drop_points: float | None = None  # the reference's validation accuracy minus this one's, x100
+    within_budget: bool | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p99: float | None = None
+    throughput_ips: float | None = None
+    spread: float | None = None          # the rounds' (max - min) / max throughput
+    size_bytes: int | None = None
+    macs: int | None = None
+    test_accuracy: float | None = None   # finalists only: measured once, reported, never decided on
+    final_throughput_ips: float | None = None   # finalists: the one interleaved run of all of them
+    final_spread: float | None = None
+    speedup_vs_reference: float | None = None   # final_throughput_ips / the reference's, same run
+    reason: str | None = None            # why it was not chosen (measured)
+
+
+@dataclass
+class OptimizeRecord(Record):
+    """optimize.json: the budget, the validation split, every candidate, and what was chosen and why."""
+    source_run: str
+    max_drop: float
+    target: str
+    batch_size: int
+    backends: list[str]
+    validation: dict[str, Any]           # size, seed, where it came from
+    reference: dict[str, Any]            # FP32 PyTorch eager of the parent: the accuracy and speed baseline
+    candidates: list[Candidate]
+    chosen: str | None                   # a candidate's name; None when none is within budget
+    best_file: str | None
+    skipped: list[str]
+    why_lost: list[str]
+    sensitivity: dict[str, list[dict[str, Any]]]   # stage -> layers ranked, most sensitive first
+    fallback: list[dict[str, Any]]
+    qat: list[dict[str, Any]]
+    time_budget_s: float | None
+    elapsed_s: float
+    finished: bool                       # False: the time budget ended the search early
+    config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: Path) -> "OptimizeRecord":
+        path = Path(folder) / OPTIMIZE
+        record = cls.parse(read_object(path), path)
+        record.candidates = [Candidate.parse(c, path) for c in record.candidates]  # type: ignore[arg-type]
+        return record
+
+    def write(self, folder: Path) -> None:
+        write_json_atomic(Path(folder) / OPTIMIZE, self.to_json())
 
 
 @dataclass

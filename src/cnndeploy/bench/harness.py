@@ -287,6 +287,27 @@ def run_bench(run_dirs: list[str | os.PathLike], cfg: BenchConfig = BenchConfig(
         return rows
 
 
+def time_variants(jobs: list[tuple[Variant, str]], data: dict[str, tuple[ModelCard, Any, dict]],
+                  cfg: BenchConfig, *, progress: bool = False, desc: str = "measure") -> list[BenchRow]:
+    """`bench`'s measurement for a caller that picks its own (variant, backend) pairs and accuracy split.
+
+    `data` maps a run's folder name to (card, dataset, MAC cost); each row's accuracy is measured on
+    that dataset's evaluation split, which `optimize` sets to the validation images, never the test
+    ones. The jobs are timed in interleaved rounds, as one family of `bench`."""
+    cfg.check()
+    env = environment(cfg.threads)
+    import torch
+
+    saved_threads = torch.get_num_threads()
+    numbers = (f"{i}/{len(jobs)}" for i in range(1, len(jobs) + 1))
+    try:
+        with tqdm(total=len(jobs) * (1 + cfg.rounds), desc=desc, unit="step", leave=False,
+                  disable=None if progress else True) as bar:
+            return _bench_family(jobs, data, cfg, env, bar, numbers)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
 def _write(out: Path, rows: list[BenchRow], env: dict, cfg: BenchConfig, runs: list[str]) -> None:
     """bench.json last: its presence is what says the bench finished (the pipeline checks it)."""
     ensure_dir(out, what="--out")

@@ -1,0 +1,178 @@
+"""Why each candidate lost (from measurements), optimize.md and the Pareto plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnndeploy.artifacts import files as layout
+from cnndeploy.artifacts.records import Candidate, OptimizeRecord
+from cnndeploy.fileio import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from cnndeploy.optimize.search import Search
+
+def _tolerance(a: Candidate, b: Candidate) -> float:
+    return max(0.02, a.spread or 0.0, b.spread or 0.0)
+
+
+def _profile_line(search: "Search", c: Candidate) -> str | None:
+    """Where this file's time goes on onnxruntime at the search's batch size (ort rows only)."""
+    if c.backend != "ort":
+        return None
+    import numpy as np
+
+    from cnndeploy.bench.profile import ort_time_split
+    from cnndeploy.data.types import normalise
+
+    x = normalise(np.resize(search.val.test_x[:search.cfg.batch_size],
+                            (search.cfg.batch_size, *search.val.test_x.shape[1:])), search.card.mean, search.card.std)
+    split = ort_time_split(search.stages[c.stage].run / c.file, x, threads=search.cfg.threads)
+    return (f"convolution/GEMM {split.compute_ms:.2f} ms, quantize/dequantize {split.qdq_ms:.2f} ms, "
+            f"other {split.other_ms:.2f} ms per batch")
+
+
+def explain(search: "Search", chosen: Candidate | None) -> list[str]:
+    """Set each candidate's `reason` and return the top reasons, one line each."""
+    ok = [c for c in search.candidates if c.status == "ok" and c.throughput_ips]
+    lines: list[str] = []
+    by = {(c.stage, c.file, c.backend, c.precision): c for c in ok}
+    # INT8 slower than the float file of the same run on the same backend
+    for c in ok:
+        if not c.precision.startswith("int8") or c.excluded_nodes:
+            continue
+        f = by.get((c.stage, layout.ONNX, c.backend, "fp32"))
+        if f is None or c.throughput_ips >= f.throughput_ips * (1 - _tolerance(c, f)):
+            continue
+        ratio = c.throughput_ips / f.throughput_ips
+        detail = _profile_line(search, c)
+        base = _profile_line(search, f)
+        c.reason = (f"INT8 is slower than FP32 here: {ratio:.2f}x the throughput of {f.file} on {c.backend}"
+                    + (f" (INT8: {detail}; FP32: {base})" if detail and base else ""))
+        lines.append(f"{c.name}: {c.reason}")
+    # pruned, and no faster than the unpruned file on the same backend
+    for c in ok:
+        if c.prune_amount == 0:
+            continue
+        p = by.get(("p0", c.file if c.file in (layout.ONNX, layout.WEIGHTS) else
+                    layout.QUANT_TARGETS[search.quant_target], c.backend, c.precision))
+        if p is None or c.throughput_ips > p.throughput_ips * (1 + _tolerance(c, p)):
+            continue
+        macs = (p.macs or 0) / (c.macs or 1)
+        detail = _profile_line(search, c)
+        c.reason = (f"pruned but no faster: {macs:.2f}x fewer MACs, {c.throughput_ips / p.throughput_ips:.2f}x the "
+                    f"throughput of {p.name}" + (f" ({detail}: what is left is not the convolutions' MACs)"
+                                                 if detail else ""))
+        lines.append(f"{c.name}: {c.reason}")
+    over = [c for c in ok if c.within_budget is False]
+    for c in over:
+        c.reason = (c.reason + "; " if c.reason else "") + (
+            f"over budget: {c.val_drop_points:+.2f} points on validation (budget {search.cfg.max_drop:g})")
+    if over:
+        worst = max(over, key=lambda c: c.val_drop_points)
+        lines.append(f"{len(over)} candidate(s) over the budget on validation, worst {worst.name} "
+                     f"({worst.val_drop_points:+.2f} points)")
+    for c in ok:
+        if c is chosen or c.reason or not chosen:
+            continue
+        speed = chosen.final_throughput_ips or chosen.throughput_ips
+        mine = c.final_throughput_ips or c.throughput_ips
+        c.reason = f"within budget but slower: {mine:.0f} vs {speed:.0f} images/s for the chosen file"
+    for c in search.candidates:
+        if c.status != "ok" and not c.reason:
+            c.reason = c.status
+    return lines
+
+
+def _fmt(v, pattern: str, empty: str = "—") -> str:
+    return empty if v is None else pattern.format(v)
+
+
+def markdown(r: OptimizeRecord) -> str:
+    ref = r.reference or {}
+    chosen = next((c for c in r.candidates if c.name == r.chosen), None)
+    out = [f"# optimize: {Path(r.source_run).name}, at most {r.max_drop:g} points, batch {r.batch_size}, "
+           f"target {r.target}", ""]
+    if chosen:
+        out += [f"**Chosen: `{chosen.name}`** → `{r.best_file}`: validation {100 * chosen.val_accuracy:.2f}% "
+                f"({chosen.val_drop_points:+.2f} points vs the reference), test "
+                f"{_fmt(chosen.test_accuracy and 100 * chosen.test_accuracy, '{:.2f}%')} (reference "
+                f"{_fmt(ref.get('test_accuracy') and 100 * ref['test_accuracy'], '{:.2f}%')}), "
+                f"{_fmt(chosen.final_throughput_ips or chosen.throughput_ips, '{:,.0f}')} images/s, "
+                f"**{_fmt(chosen.speedup_vs_reference, '{:.2f}x')}** FP32 PyTorch eager in the same run.", ""]
+    else:
+        out += ["**No candidate is within the budget.**", ""]
+    v = r.validation
+    out += [f"Decisions read {v.get('size')} validation images (seed {v.get('seed')}; {v.get('source')}); test "
+            "accuracy is measured once, on the finalists, and only reported.",
+            f"Searched in {r.elapsed_s:.0f} s" + (f" of a {r.time_budget_s:.0f} s budget" if r.time_budget_s else "")
+            + ("" if r.finished else " — **stopped by the time budget**") + ".", "",
+            f"![accuracy vs latency]({layout.PARETO})", ""]
+    if r.why_lost:
+        out += ["## Why the others lost", ""] + [f"- {line}" for line in r.why_lost] + [""]
+    if r.skipped:
+        out += ["## Not tried", ""] + [f"- {line}" for line in r.skipped] + [""]
+    out += ["## Candidates", "", "| candidate | layers in float | QAT epochs | val acc | drop (pts) | within | "
+            "p50 ms | p99 ms | images/s | size MB | test acc | vs eager | why not |", "|" + "---|" * 13]
+    for c in sorted(r.candidates, key=lambda c: -(c.throughput_ips or 0)):
+        out.append(" | ".join([
+            f"| `{c.name}`", str(len(c.excluded_nodes)) if c.excluded_nodes else "", str(c.qat_epochs or ""),
+            _fmt(c.val_accuracy and 100 * c.val_accuracy, "{:.2f}%"), _fmt(c.val_drop_points, "{:+.2f}"),
+            {True: "yes", False: "no", None: "—"}[c.within_budget], _fmt(c.latency_ms_p50, "{:.3f}"),
+            _fmt(c.latency_ms_p99, "{:.3f}"), _fmt(c.final_throughput_ips or c.throughput_ips, "{:,.0f}"),
+            _fmt(c.size_bytes and c.size_bytes / 1e6, "{:.2f}"), _fmt(c.test_accuracy and 100 * c.test_accuracy,
+                                                                     "{:.2f}%"),
+            _fmt(c.speedup_vs_reference, "{:.2f}x"), ("**chosen**" if c.name == r.chosen else c.reason or "")]) + " |")
+    for stage, errors in r.sensitivity.items():
+        out += ["", f"## INT8 sensitivity, {stage} (most sensitive first)", "",
+                "| layer | op | SQNR dB | lost here dB |", "|---|---|---|---|"]
+        out += [f"| `{e['node']}` | {e['op_type']} | {e['sqnr_db']:.1f} | {e['local_loss_db']:.1f} |" for e in errors[:8]]
+    for f in r.fallback:
+        out += ["", f"**Fallback {f['stage']}:** {f.get('outcome')}"]
+        for s in f.get("steps", []):
+            rows = ", ".join(f"{x['backend']} {_fmt(x['val_drop_points'], '{:+.2f}')} pts "
+                             f"{_fmt(x['throughput_ips'], '{:,.0f}')} img/s" for x in s["rows"])
+            out.append(f"- {len(s['excluded'])} in float (`{s['excluded'][-1]}` added): {rows}")
+    for q in r.qat:
+        out += ["", f"**QAT {q['stage']}** ({q['epochs']} epoch(s), {q['seconds']:.0f} s): validation drop "
+                f"{_fmt(q['ptq_val_drop_points'], '{:+.2f}')} → {_fmt(q['qat_val_drop_points'], '{:+.2f}')} points"]
+    return "\n".join(out) + "\n"
+
+
+def plot(r: OptimizeRecord, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cnndeploy.bench.plots import _save, pareto
+
+    pts = [c for c in r.candidates if c.status == "ok" and c.latency_ms_p50 and c.val_accuracy is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colours = {"fp32": "tab:blue", "bf16": "tab:purple", "fp16": "tab:cyan"}
+    for c in pts:
+        ax.scatter(c.latency_ms_p50, 100 * c.val_accuracy, s=28 + 40 * (1 - c.prune_amount),
+                   color=colours.get(c.precision, "tab:orange"), alpha=0.8,
+                   marker="o" if c.within_budget else "x")
+    front = pareto([(c.latency_ms_p50, c.val_accuracy) for c in pts])
+    ax.plot([pts[i].latency_ms_p50 for i in front], [100 * pts[i].val_accuracy for i in front], "k--", lw=0.8,
+            label="Pareto front")
+    ref = r.reference or {}
+    if ref.get("val_accuracy") is not None:
+        ax.axhline(100 * ref["val_accuracy"] - r.max_drop, color="tab:red", lw=0.8,
+                   label=f"budget: reference − {r.max_drop:g} pts")
+    chosen = next((c for c in pts if c.name == r.chosen), None)
+    if chosen:
+        ax.scatter(chosen.latency_ms_p50, 100 * chosen.val_accuracy, s=260, marker="*", color="gold",
+                   edgecolor="k", zorder=5, label=f"chosen: {chosen.name}")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency, batch {r.batch_size} (ms, log)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("candidates: blue FP32, purple BF16, orange INT8; x = over budget; size = less pruned")
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def write_report(out: Path, r: OptimizeRecord) -> None:
+    plot(r, out / layout.PARETO)
+    write_bytes_atomic(out / layout.OPTIMIZE_MD, markdown(r).encode())
