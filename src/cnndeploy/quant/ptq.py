@@ -51,8 +51,13 @@ def _method(name: str):
             "percentile": CalibrationMethod.Percentile}[name]
 
 
-def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str) -> None:
-    """Quantize `fp32` into `out` (atomically) with the given calibration images."""
+def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str,
+                  overrides: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    """Quantize `fp32` into `out` (atomically) with the given calibration images.
+
+    `overrides` is onnxruntime's TensorQuantOverrides ({tensor name: [{"scale", "zero_point"}]}):
+    those tensors get the given quantization instead of the calibrated one (QAT's trained ranges).
+    """
     from onnxruntime.quantization import QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -63,7 +68,14 @@ def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str) ->
         quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
         quantize_static(str(prepped), str(final_tmp), BatchReader(images, "input"),
                         quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=_method(method),
-                        **_quant_settings(target))
+                        **_settings_with(target, overrides))
+
+
+def _settings_with(target: str, overrides: dict[str, list[dict[str, Any]]] | None) -> dict[str, Any]:
+    settings = _quant_settings(target)
+    if overrides:
+        settings["extra_options"] = {**settings["extra_options"], "TensorQuantOverrides": overrides}
+    return settings
 
 
 @dataclass(frozen=True)
