@@ -25,8 +25,11 @@ fake-quant model does not model are the quantization points ORT adds beyond the 
 inputs are made to agree with it: the trained scale is forced back along the chain ORT quantizes
 alike (a Conv/Gemm input through MaxPool/Reshape/Flatten and the Relu folded before it, to the
 Conv/Gemm output), and the Q/DQ pair ORT puts on the logits is removed (they stay float, as trained).
-Left to ORT's calibration on the same images are only points the trained model never quantized
-(a residual Add's inputs and output in the ResNets). Measured agreement: QDQ_RTOL, QDQ_MEAN_RTOL, QDQ_TOP1.
+Left to ORT's calibration on the same images are only points the trained model never quantized:
+none in LeNet-5/AlexNet; in the ResNets the inputs of each residual Add (the BN-folded conv outputs)
+and the features before global pooling. Measured agreement on LeNet-5: QDQ_RTOL, QDQ_MEAN_RTOL,
+QDQ_TOP1 below. On a barely trained resnet20/mnist (by hand, not a test) those unmodelled points leave
+the file 1-2% (mean) / 4-7% (max) of max|logit| off the fake-quant model, top-1 agreement 98-99%.
 """
 
 from __future__ import annotations
