@@ -15,6 +15,7 @@ from pathlib import Path
 MODEL_JSON, METRICS, LOG, CURVES = "model.json", "metrics.json", "log.jsonl", "curves.png"
 CHECKPOINT = "checkpoint.safetensors"
 PRUNE, QUANT, BENCH, PIPELINE, REPORT = "prune.json", "quant.json", "bench.json", "pipeline.json", "report.md"
+QAT = "qat.json"   # how a quantization-aware fine-tuned run was made from its parent (quant/qat.py)
 BENCH_DIR = "bench"
 PRUNE_INIT = "pruned-init.safetensors"   # a pruned run's starting weights, before its fine-tune
 LOCK = ".cnndeploy.lock"   # held (flock) by the one command writing a folder: artifacts/lock.py

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnndeploy.artifacts.files import BENCH, METRICS, OPTIMIZE, PRUNE, QUANT
+from cnndeploy.artifacts.files import BENCH, METRICS, OPTIMIZE, PRUNE, QAT, QUANT
 from cnndeploy.errors import CheckpointError
 from cnndeploy.fileio import read_json, write_json_atomic
 
@@ -316,6 +316,48 @@ def write_quant_entry(run: Path, record: QuantRecord) -> None:
     entries[record.file] = record.to_json()
     write_json_atomic(Path(run) / QUANT, entries)
 
+
+class ActivationQuant(typing.TypedDict):
+    """The fixed per-tensor quantization of one Conv/Linear input, as trained and as written to the QDQ file."""
+    module: str        # the layer whose input it is (its name in the PyTorch model)
+    tensor: str        # the ONNX tensor it was forced on
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+
+@dataclass
+class QatRecord(Record):
+    """qat.json: how a quantization-aware fine-tuned run was made from its parent, and what it measured."""
+    source_run: str
+    file: str                     # the QDQ file written (model.int8-cpu.onnx | model.int8-trt.onnx)
+    target: str
+    epochs: int
+    lr: float
+    batch_size: int
+    seconds: float                # the fine-tune epochs alone
+    seconds_per_epoch: float
+    train_images: int             # images the fine-tune trained on (the held-out ones excluded)
+    holdout: int
+    holdout_seed: int
+    calib_size: int
+    calib_split: str
+    batchnorm: str                # how BatchNorm was treated in the fine-tune
+    val_images: int
+    val_accuracy_before: float | None   # fake-quant PyTorch model on the held-out images, before the fine-tune
+    val_accuracy_after: float | None    # ... after it
+    val_accuracy_int8: float | None     # the QDQ file itself (onnxruntime) on the held-out images
+    activations: list[ActivationQuant] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, run: Path) -> "QatRecord | None":
+        """qat.json, None when absent; a RecordError when malformed."""
+        path = Path(run) / QAT
+        return cls.parse(read_object(path), path) if path.is_file() else None
+
+    def write(self, run: Path) -> None:
+        write_json_atomic(Path(run) / QAT, self.to_json())
 
 @dataclass
 class Candidate(Record):

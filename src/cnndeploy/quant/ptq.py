@@ -81,10 +81,13 @@ def check_node_names(prepared: Path, names: Sequence[str], *, what: str) -> None
 
 
 def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str,
-                  nodes_to_exclude: Sequence[str] = ()) -> None:
+                  nodes_to_exclude: Sequence[str] = (),
+                  overrides: dict[str, list[dict[str, Any]]] | None = None) -> None:
     """Quantize `fp32` into `out` (atomically) with the given calibration images.
 
     `nodes_to_exclude`: node names of the pre-processed model (see prepare_float) left in float.
+    `overrides` is onnxruntime's TensorQuantOverrides ({tensor name: [{"scale", "zero_point"}]}):
+    those tensors get the given quantization instead of the calibrated one (QAT's trained ranges).
     """
     from onnxruntime.quantization import QuantFormat, quantize_static
 
@@ -98,7 +101,14 @@ def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str,
         check_node_names(prepped, excluded, what="nodes_to_exclude")
         quantize_static(str(prepped), str(final_tmp), BatchReader(images, "input"),
                         quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=_method(method),
-                        nodes_to_exclude=excluded, **_quant_settings(target))
+                        nodes_to_exclude=excluded, **_settings_with(target, overrides))
+
+
+def _settings_with(target: str, overrides: dict[str, list[dict[str, Any]]] | None) -> dict[str, Any]:
+    settings = _quant_settings(target)
+    if overrides:
+        settings["extra_options"] = {**settings["extra_options"], "TensorQuantOverrides": overrides}
+    return settings
 
 
 @dataclass(frozen=True)
