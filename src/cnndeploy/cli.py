@@ -303,6 +303,8 @@ def _duration(text: str) -> float:
 
 
 def _fraction_list(text: str) -> tuple[float, ...]:
+    if text.strip().lower() == "none":
+        return ()
     try:
         values = tuple(float(v) for v in text.split(",") if v)
     except ValueError:
@@ -336,7 +338,9 @@ def _add_optimize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
                    help="e.g. 30m: stop trying new candidates when it is spent, report the best so far")
     p.add_argument("--amounts", type=_fraction_list, default=(0.3, 0.5, 0.7), metavar="A,A,...",
-                   help="pruning amounts tried beside the unpruned model (default 0.3,0.5,0.7)")
+                   help="pruning amounts tried beside the unpruned model (default 0.3,0.5,0.7; none: no pruning)")
+    p.add_argument("--reuse", metavar="DIR", help="an earlier optimize --out of the same RUN_DIR: copy its "
+                                                  "fine-tuned pruned runs instead of pruning again")
     p.add_argument("--finetune-epochs", type=_positive_int, help="per pruned amount (default: prune's, 20%% of "
                                                                  "the training run)")
     p.add_argument("--distill", default="auto", choices=("auto", "on", "off"),
@@ -433,6 +437,12 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--seed", type=_seed, default=0, help="training seed")
     p.add_argument("--out", default="runs/pipeline", help="folder for the run directories, bench and report.md")
+    p.add_argument("--max-drop", type=_fraction(0.0, 100.0, False), metavar="POINTS",
+                   help="then `optimize` each trained model within this many accuracy points (OUT/<run>-optimized)")
+    p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                   help="with --max-drop: time budget of each model's search, e.g. 30m")
+    p.add_argument("--holdout", type=_non_negative_int, default=0, metavar="N",
+                   help="training images kept out of training as the validation split optimize decides on")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -654,7 +664,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
                          distill=args.distill,
                          backends=[b for b in args.backends.split(",") if b], batch_sizes=args.batch_sizes,
                          threads=args.threads, min_seconds=args.min_seconds, device=args.device,
-                         precision=args.precision, seed=args.seed, out=args.out, data_dir=args.data_dir)
+                         precision=args.precision, seed=args.seed, out=args.out, data_dir=args.data_dir,
+                         max_drop=args.max_drop, time_budget=args.time_budget, holdout=args.holdout)
     report = run_pipeline(cfg, progress=not args.no_progress)
     print(f"report -> {report}")
     return 0
@@ -667,7 +678,8 @@ def optimize_config_from_args(args: argparse.Namespace):
                           batch_size=args.batch_size, time_budget=args.time_budget, amounts=args.amounts,
                           finetune_epochs=args.finetune_epochs, distill=args.distill, val_size=args.val_size,
                           val_seed=args.val_seed, calib_size=args.calib_size, max_fallback=args.max_fallback,
-                          qat_epochs=args.qat_epochs, min_seconds=args.min_seconds, threads=args.threads).check()
+                          qat_epochs=args.qat_epochs, min_seconds=args.min_seconds, threads=args.threads,
+                          reuse=args.reuse).check()
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:

@@ -49,12 +49,15 @@ class PipelineConfig:
     prune: PruneConfig | None = field(default_factory=PruneConfig)   # None: no pruned variants
     quant: QuantConfig = field(default_factory=QuantConfig)          # run for both targets
     bench: BenchConfig = field(default_factory=lambda: default_bench())
+    holdout: int = 0                   # training images kept out as the validation split (train --holdout)
+    optimize: Any = None               # an OptimizeConfig: `optimize` each trained model after the bench
 
     def train_config(self, model: str, out: Path, epochs: int | None):
         from cnndeploy.train.fit import TrainConfig
 
         return TrainConfig(model=model, dataset=self.dataset, out=str(out), epochs=epochs, seed=self.seed,
-                           device=self.device, data_dir=self.data_dir, precision=self.precision)
+                           device=self.device, data_dir=self.data_dir, precision=self.precision,
+                           holdout=self.holdout)
 
     def to_json(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -67,7 +70,8 @@ def default_bench() -> BenchConfig:
 
 def pipeline_config(*, dataset: str, models: list[str], prune: float = 0.5, finetune_epochs: int | None = None,
                     distill: bool = False, backends: list[str] | None = None, batch_sizes: list[int] | None = None,
-                    threads: int | None = None, min_seconds: float = 1.0, **common: Any) -> PipelineConfig:
+                    threads: int | None = None, min_seconds: float = 1.0, max_drop: float | None = None,
+                    time_budget: float | None = None, **common: Any) -> PipelineConfig:
     """A PipelineConfig from the command line's flat options (prune 0: no pruned variants)."""
     if not 0 <= prune < 1:
         raise CnnDeployError(f"--prune {prune}: expected a fraction of channels in [0, 1) (0 skips pruning)")
@@ -75,7 +79,13 @@ def pipeline_config(*, dataset: str, models: list[str], prune: float = 0.5, fine
                                 **({"backends": backends} if backends else {}),
                                 **({"batch_sizes": batch_sizes} if batch_sizes else {}))
     pruning = PruneConfig(amount=prune, finetune_epochs=finetune_epochs, distill=distill) if prune else None
-    return PipelineConfig(dataset=dataset, models=models, prune=pruning, bench=bench, **common)
+    optimize = None
+    if max_drop is not None:
+        from cnndeploy.optimize import OptimizeConfig
+
+        optimize = OptimizeConfig(max_drop=max_drop, time_budget=time_budget, threads=threads,
+                                  finetune_epochs=finetune_epochs).check()
+    return PipelineConfig(dataset=dataset, models=models, prune=pruning, bench=bench, optimize=optimize, **common)
 
 
 def _plain(value: Any) -> Any:
@@ -297,6 +307,30 @@ def _bench_stage(cfg: PipelineConfig, runs: list[Path], progress: bool) -> Stage
                  wanted, recorded)
 
 
+def optimized_dir(out: Path, run: Path) -> Path:
+    return out / f"{run.name}-optimized"
+
+
+def _optimize_stage(cfg: PipelineConfig, run: Path, progress: bool) -> Stage:
+    from cnndeploy.optimize import optimize_run
+
+    dest = optimized_dir(Path(cfg.out), run)
+    wanted = _plain(dataclasses.asdict(cfg.optimize))
+
+    def recorded() -> dict | None:
+        try:
+            return _plain(records.OptimizeRecord.read(dest).config)
+        except records.RecordError:
+            return None
+
+    def action() -> None:
+        if dest.exists():   # the pipeline's own earlier (stale or unfinished) result
+            shutil.rmtree(dest)
+        optimize_run(run, cfg.optimize, out=dest, data_dir=cfg.data_dir, progress=progress)
+    return Stage(f"{run.name}: optimize (max drop {cfg.optimize.max_drop:g} points)",
+                 [dest / layout.OPTIMIZE, dest / layout.BEST], [run / layout.WEIGHTS], action, wanted, recorded)
+
+
 def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> Path:
     """Run every stage that is not complete yet; write pipeline.json and report.md; return the report path."""
     t0 = time.perf_counter()
@@ -320,6 +354,10 @@ def _run_stages(cfg: PipelineConfig, out: Path, stages: list[Stage], runs: list[
         write_json_atomic(out / layout.PIPELINE, _summary(cfg, runs, record, time.perf_counter() - t0))
     # Built last: its inputs are the artifacts the stages above have just written.
     record.append(_run_stage(_bench_stage(cfg, runs, progress), f"[{total}/{total}]"))
+    if cfg.optimize is not None:
+        for run in runs:
+            if records.PruneRecord.read(run) is None:   # the search prunes the trained model itself
+                record.append(_run_stage(_optimize_stage(cfg, run, progress), "[optimize]"))
     summary = _summary(cfg, runs, record, time.perf_counter() - t0)
     write_json_atomic(out / layout.PIPELINE, summary)
     return write_report(out, runs=runs, bench_dir=out / layout.BENCH_DIR, pipeline=summary)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cnndeploy.errors import CnnDeployError
 
@@ -34,7 +34,7 @@ class OptimizeConfig:
     min_seconds: float = 2.0               # timing budget per measured row
     threads: int | None = None
     seed: int = 0
-    extra: dict = field(default_factory=dict)
+    reuse: str | None = None               # an earlier optimize --out of the same RUN_DIR: its fine-tunes are reused
 
     def resolved_backends(self) -> tuple[str, ...]:
         return tuple(self.backends) if self.backends else TARGET_BACKENDS[self.target]

@@ -86,7 +86,7 @@ def finalise(search: "Search", finished: bool) -> OptimizeRecord:
         chosen=chosen.name if chosen else None, best_file=best_file, skipped=search.deadline.skipped,
         why_lost=why, sensitivity=search.sensitivity, fallback=search.fallback, qat=search.qat,
         time_budget_s=search.cfg.time_budget, elapsed_s=round(search.deadline.elapsed(), 1), finished=finished,
-        config={k: v for k, v in search.cfg.__dict__.items() if k != "extra"}, environment=_environment(search))
+        config=dict(search.cfg.__dict__), environment=_environment(search))
     record.write(search.out)
     write_report(search.out, record)
     return record

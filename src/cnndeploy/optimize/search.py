@@ -168,14 +168,38 @@ class Search:
 
     # --- making candidates --------------------------------------------------------------------
 
+    def _reused(self, stage: Stage) -> bool:
+        """Copy an earlier search's fine-tuned run of this amount (same parent, same validation split)."""
+        if not self.cfg.reuse:
+            return False
+        src = Path(self.cfg.reuse) / layout.OPTIMIZE_WORK / stage.name
+        try:
+            made = records.PruneRecord.read(src)
+            config = records.read_metrics(src).get("config", {})
+        except records.RecordError:
+            return False
+        if (made is None or Path(made.source_run).resolve() != self.parent.resolve() or made.amount != stage.amount
+                or (config.get("holdout", 0), config.get("holdout_seed", 0)) != (self.holdout.size, self.holdout.seed)):
+            return False
+        shutil.copytree(src, stage.run, ignore=shutil.ignore_patterns(layout.LOCK, "*.fb*.onnx"))
+        stage.distill = made.finetune_teacher is not None
+        self.validation.setdefault("reused", []).append(str(src))
+        log.info("%s: the fine-tuned run of %s reused (%s)", stage.name, src, "distilled" if stage.distill else "plain")
+        return True
+
     def _prune(self, amount: float) -> Stage | None:
         stage = self._new_stage(amount)
+        if self._reused(stage):
+            return stage
         t0 = time.perf_counter()
         distill = self.cfg.distill == "on"
+        # auto: the first pruned amount fine-tunes both ways; later ones follow what it measured
+        tried = [s for s in self.stages.values() if s.amount > 0 and s is not stage and not s.qat_epochs]
         try:
-            if self.cfg.distill == "auto" and not any(s.amount > 0 for s in self.stages.values() if s is not stage):
+            if self.cfg.distill == "auto" and not tried:
                 distill = self._distill_trial(amount, stage)
             else:
+                distill = tried[0].distill if self.cfg.distill == "auto" else distill
                 self._prune_into(amount, stage.run, distill)
         except CnnDeployError as e:
             self._failed(stage, f"pruning {amount:.0%} failed: {e}")

@@ -1,0 +1,199 @@
+"""`cnndeploy optimize`: validation split, budget, fallback, QAT, lineage and the time budget, on LeNet-5."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from cnndeploy.artifacts import files as layout
+from cnndeploy.artifacts.card import ModelCard
+from cnndeploy.artifacts.records import OptimizeRecord
+from cnndeploy.artifacts.variants import discover
+from cnndeploy.cli import main
+from cnndeploy.data import dataset_for
+from cnndeploy.data.holdout import Holdout
+from cnndeploy.errors import CnnDeployError
+from cnndeploy.optimize import OptimizeConfig, optimize_run, parse_duration
+from cnndeploy.optimize.search import Search
+from cnndeploy.runtime.classifier import Classifier
+from cnndeploy.train.fit import TrainConfig, train
+
+HOLDOUT = 1000
+FAST = dict(min_seconds=0.05, calib_size=128, threads=1, distill="off", qat_epochs=0)
+
+
+@pytest.fixture(scope="module")
+def parent(mini_mnist, tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("opt") / "lenet"
+    train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), data_dir=str(mini_mnist), epochs=2,
+                      device="cpu", holdout=HOLDOUT), progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def searched(parent, mini_mnist) -> tuple[Path, OptimizeRecord]:
+    out = parent.parent / "searched"
+    record = optimize_run(parent, OptimizeConfig(max_drop=0.5, amounts=(0.5,), **FAST), out=out,
+                          data_dir=str(mini_mnist), progress=False)
+    return out, record
+
+
+def test_validation_split_is_seeded_held_out_and_never_the_test_split(parent, mini_mnist):
+    h = Holdout(HOLDOUT, 0)
+    assert np.array_equal(h.indices(10_000), Holdout(HOLDOUT, 0).indices(10_000))
+    assert not np.array_equal(h.indices(10_000), Holdout(HOLDOUT, 1).indices(10_000))
+    card = ModelCard.read(parent)
+    ds = dataset_for(card, data_dir=str(mini_mnist))
+    rest, vx, vy = h.split(ds)
+    idx = h.indices(len(ds.train_y))
+    assert len(np.unique(idx)) == HOLDOUT and len(rest.train_y) == len(ds.train_y) - HOLDOUT
+    assert np.array_equal(vx, ds.train_x[idx]) and np.array_equal(vy, ds.train_y[idx])   # from train, not test
+    kept = np.setdiff1d(np.arange(len(ds.train_y)), idx)
+    assert np.array_equal(rest.train_x, ds.train_x[kept])   # training never sees them
+    assert json.loads((parent / "metrics.json").read_text())["train_images"] == len(ds.train_y) - HOLDOUT
+    with pytest.raises(CnnDeployError, match="at most half"):
+        Holdout(6000).indices(10_000)
+
+
+def test_search_chooses_within_budget_and_reports_test_only_for_finalists(searched):
+    out, r = searched
+    assert r.validation["size"] == HOLDOUT and "held out of training" in r.validation["source"]
+    chosen = next(c for c in r.candidates if c.name == r.chosen)
+    assert chosen.within_budget and chosen.val_drop_points <= 0.5 and chosen.file != layout.WEIGHTS
+    assert all(c.within_budget for c in r.candidates if c.test_accuracy is not None)
+    over = [c for c in r.candidates if c.within_budget is False]
+    assert all(c.name != r.chosen for c in over)
+    assert chosen.test_accuracy is not None and chosen.speedup_vs_reference
+    assert {c.stage for c in r.candidates} >= {"p0", "p50"}
+    assert all(c.reason for c in r.candidates if c.name != r.chosen)
+    again = OptimizeRecord.read(out)
+    assert again.chosen == r.chosen and len(again.candidates) == len(r.candidates)
+    text = (out / layout.OPTIMIZE_MD).read_text()
+    assert "**Chosen:" in text and r.chosen in text and (out / layout.PARETO).stat().st_size > 10_000
+
+
+def test_best_onnx_carries_lineage_and_is_a_variant_like_any_other(searched, parent, mini_mnist):
+    out, r = searched
+    meta = {p.key: p.value for p in onnx.load(str(out / layout.BEST)).metadata_props}
+    lineage = json.loads(meta[layout.LINEAGE_KEY])
+    chosen = next(c for c in r.candidates if c.name == r.chosen)
+    assert lineage["source_run"] == str(parent.resolve()) and lineage["candidate"] == r.chosen
+    assert lineage["max_drop_points"] == 0.5 and lineage["val_drop_points"] == chosen.val_drop_points
+    assert lineage["prune_amount"] == chosen.prune_amount and lineage["backend"] == chosen.backend
+    card = ModelCard.from_onnx_props(meta, str(out / layout.BEST))
+    assert card.classes == ModelCard.read(parent).classes and ModelCard.read(out).classes == card.classes
+    assert [v.spec.name for v in discover(out)] == [layout.BEST]
+    x = np.zeros((3, 1, 28, 28), np.float32)
+    assert Classifier(out / layout.BEST).logits(x).shape == (3, 10)
+    assert main(["bench", str(out), "--backends", "ort", "--batch-sizes", "2", "--min-seconds", "0.05",
+                 "--out", str(out.parent / "bench-best"), "--no-progress"]) == 0
+
+
+def test_an_existing_result_is_never_overwritten(searched, parent, mini_mnist):
+    out, _ = searched
+    before = (out / layout.BEST).read_bytes()
+    with pytest.raises(CnnDeployError, match="already holds an optimize result"):
+        optimize_run(parent, OptimizeConfig(max_drop=0.5, amounts=(), **FAST), out=out, data_dir=str(mini_mnist))
+    assert (out / layout.BEST).read_bytes() == before
+
+
+def _int8_misses(monkeypatch, factor: float = 20.0, loss: float = 0.05) -> None:
+    """A test double of the measurement: the plain INT8 files of the unpruned stage measure `factor`x
+    faster and `loss` less accurate than they are, so INT8 misses the budget while being the fastest,
+    the case fallback and QAT exist for. Fallback and QAT files are measured as they are."""
+    real = Search._candidate
+
+    def candidate(self, stage, row):
+        c = real(self, stage, row)
+        if c.precision.startswith("int8") and not c.excluded_nodes and stage.name == "p0" and c.status == "ok":
+            c.throughput_ips *= factor
+            c.val_accuracy -= loss
+            self._judge(c)
+        return c
+    monkeypatch.setattr(Search, "_candidate", candidate)
+
+
+def _weights_in_float(path: Path) -> dict[str, bool]:
+    """Conv/Gemm node -> whether its weight is a plain float initializer (not fed by DequantizeLinear)."""
+    g = onnx.load(str(path)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    return {n.name: not (n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear")
+            for n in g.node if n.op_type in ("Conv", "Gemm")}
+
+
+def test_fallback_keeps_the_reported_layers_in_float_until_within_budget(parent, mini_mnist, monkeypatch):
+    _int8_misses(monkeypatch)
+    out = parent.parent / "fallback"
+    r = optimize_run(parent, OptimizeConfig(max_drop=0.5, amounts=(), **FAST), out=out, data_dir=str(mini_mnist),
+                     progress=False)
+    ranked = [e["node"] for e in r.sensitivity["p0"]]
+    assert ranked and all(np.isfinite(e["sqnr_db"]) for e in r.sensitivity["p0"])
+    steps = r.fallback[0]["steps"]
+    assert steps, r.fallback
+    for i, step in enumerate(steps, 1):
+        assert step["excluded"] == ranked[:i]           # the most sensitive first, one more per step
+        in_float = _weights_in_float(out / layout.OPTIMIZE_WORK / "p0" / step["file"])
+        assert {n for n, f in in_float.items() if f} == set(step["excluded"])
+    assert "within budget" in r.fallback[0]["outcome"]
+    chosen = next(c for c in r.candidates if c.name == r.chosen)
+    fb = [c for c in r.candidates if c.excluded_nodes]
+    assert fb and all(c.excluded_nodes == steps[len(c.excluded_nodes) - 1]["excluded"] for c in fb)
+    assert chosen.within_budget
+
+
+def test_qat_runs_where_fallback_cannot_and_records_what_it_recovered(parent, mini_mnist, monkeypatch):
+    _int8_misses(monkeypatch)
+    out = parent.parent / "qat"
+    cfg = OptimizeConfig(max_drop=0.5, amounts=(), **{**FAST, "qat_epochs": 1}, max_fallback=0)
+    r = optimize_run(parent, cfg, out=out, data_dir=str(mini_mnist), progress=False)
+    assert len(r.qat) == 1 and r.qat[0]["epochs"] == 1 and r.qat[0]["from"] == "p0"
+    assert r.qat[0]["qat_val_drop_points"] is not None and r.qat[0]["recovered_points"] is not None
+    qat = [c for c in r.candidates if c.stage == "p0-qat"]
+    assert qat and all(c.qat_epochs == 1 and c.status == "ok" for c in qat)
+    assert (out / layout.OPTIMIZE_WORK / "p0-qat" / layout.QUANT_TARGETS["cpu"]).is_file()
+
+
+def test_a_too_small_time_budget_ends_with_the_best_so_far(parent, mini_mnist, tmp_path, capsys):
+    out = tmp_path / "budget"
+    code = main(["optimize", str(parent), "--max-drop", "0.5", "--time-budget", "1s", "--amounts", "0.3,0.5",
+                 "--distill", "off", "--qat-epochs", "0", "--min-seconds", "0.05", "--threads", "1",
+                 "--data-dir", str(mini_mnist), "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr()
+    assert code == 0 and "Traceback" not in printed.err
+    assert "the time budget (1 s) ended the search" in printed.out and "chose p0:" in printed.out
+    r = OptimizeRecord.read(out)
+    assert not r.finished and any("p30" in s for s in r.skipped) and any("p50" in s for s in r.skipped)
+    assert (out / layout.BEST).is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-drop", "-1"], "--max-drop"),
+    (["--max-drop", "0.5", "--time-budget", "soon"], "--time-budget"),
+    (["--max-drop", "0.5", "--amounts", "0.5,1.5"], "--amounts"),
+    (["--max-drop", "0.5", "--backends", "ort,warp"], "--backends"),
+])
+def test_bad_options_are_one_clear_error(parent, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        code = main(["optimize", str(parent), *argv, "--out", str(tmp_path / "x")])
+        raise SystemExit(code)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_not_a_run_directory_is_one_line(tmp_path, capsys):
+    assert main(["optimize", str(tmp_path), "--max-drop", "0.5", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.json" in err
+
+
+def test_durations():
+    assert parse_duration("30m") == 1800 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
+    assert parse_duration("45") == 45
+    with pytest.raises(CnnDeployError):
+        parse_duration("0m")
