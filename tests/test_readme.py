@@ -25,7 +25,8 @@ from cnndeploy.data import load
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 # In the order a reader needs them: the Triton example exports the run the Demo section trains.
-SECTIONS = ("Compress, export, embed", "Demo", "Triton Inference Server")
+SECTIONS = ("Compress, export, embed", "Optimize: the fastest file within an accuracy budget", "Demo",
+            "Triton Inference Server")
 SKIPPED = ("pip install", "docker run")   # installs and a container runtime: not this test's business
 
 pytestmark = pytest.mark.slow
