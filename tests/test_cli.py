@@ -96,7 +96,7 @@ def test_train_help_shows_the_defaults_that_stand_behind_none():
         if default is not None and default is not False and default is not dataclasses.MISSING:
             assert f"default: {default}" in " ".join(_option_help(parser, action).split()), action.dest
             shown.append(action.dest)
-    assert sorted(shown) == ["device", "precision", "seed"]
+    assert sorted(shown) == ["device", "holdout", "holdout_seed", "precision", "seed"]
 
 
 def test_typed_train_options_are_explicit_and_the_rest_come_from_trainconfig():

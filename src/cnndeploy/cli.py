@@ -43,6 +43,7 @@ Typical order (each command reads the run directory the one before wrote):
   cnndeploy eval runs/lenet5-mnist/model.int8-cpu.onnx --data-dir data/mnist-mini
   cnndeploy bench runs/lenet5-mnist runs/lenet5-mnist-pruned50 --data-dir data/mnist-mini
   cnndeploy serve runs/lenet5-mnist runs/lenet5-mnist-pruned50
+  cnndeploy optimize runs/lenet5-mnist --max-drop 0.5 --data-dir data/mnist-mini --out runs/lenet5-opt
 
 or all of it in one resumable command that ends in report.md:
   cnndeploy pipeline --dataset mnist --data-dir data/mnist-mini --models lenet5 --out runs/quickstart
