@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from cnndeploy.artifacts import files as layout
@@ -264,10 +263,9 @@ class Search:
 
     def _candidate(self, stage: Stage, row: BenchRow) -> Candidate:
         base = spec(row.file) if row.file in {f.name for f in layout.FILES} else None
-        shown = row.precision if base is None or row.precision == base.precision else f"{row.precision}"
         name = f"{stage.name}:{row.file}@{row.backend}" + (f"/{row.precision}" if base and row.precision != base.precision else "")
         c = Candidate(name=name, stage=stage.name, prune_amount=stage.amount, file=row.file, backend=row.backend,
-                      precision=shown, status=row.status, excluded_nodes=stage.excluded.get(row.file, []),
+                      precision=row.precision, status=row.status, excluded_nodes=stage.excluded.get(row.file, []),
                       qat_epochs=stage.qat_epochs, val_accuracy=row.accuracy, latency_ms_p50=row.latency_ms_p50,
                       latency_ms_p99=row.latency_ms_p99, throughput_ips=row.throughput_ips, spread=row.spread,
                       size_bytes=row.size_bytes, macs=row.macs)
@@ -318,9 +316,8 @@ class Search:
     def _rescue(self, stage: Stage) -> None:
         from cnndeploy.optimize.rescue import rescue_int8
 
-        if self.cfg.max_drop is None or not stage.files:
-            return
-        rescue_int8(self, stage)
+        if stage.files:
+            rescue_int8(self, stage)
 
     # --- the end -----------------------------------------------------------------------------------
 
