@@ -36,3 +36,21 @@ def mini_mnist() -> Path:
     """Data dir holding mnist/ with the shipped subset (10k train, 2k test)."""
     assert (SHIPPED / "mnist" / "train-images-idx3-ubyte.gz").is_file(), "shipped MNIST subset missing"
     return SHIPPED
+
+
+HELD_OUT = 1000   # training images the held-out LeNet never saw (its validation split)
+
+
+@pytest.fixture(scope="session")
+def held_out_lenet(mini_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LeNet-5, 2 epochs on the shipped subset with HELD_OUT training images held out; shared by the
+    optimize and QAT tests, which write only beside it (its parent folder), never into it."""
+    import torch
+
+    from cnndeploy.train.fit import TrainConfig, train
+
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("held-out") / "lenet"
+    train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), data_dir=str(mini_mnist), epochs=2,
+                      device="cpu", holdout=HELD_OUT), progress=False)
+    return run

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from cnndeploy.artifacts import files as layout
 from cnndeploy.artifacts.card import ModelCard
@@ -21,19 +20,14 @@ from cnndeploy.errors import CnnDeployError
 from cnndeploy.optimize import OptimizeConfig, optimize_run, parse_duration
 from cnndeploy.optimize.search import Search
 from cnndeploy.runtime.classifier import Classifier
-from cnndeploy.train.fit import TrainConfig, train
 
-HOLDOUT = 1000
+from conftest import HELD_OUT as HOLDOUT
 FAST = dict(min_seconds=0.05, calib_size=128, threads=1, distill="off", qat_epochs=0)
 
 
 @pytest.fixture(scope="module")
-def parent(mini_mnist, tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    run = tmp_path_factory.mktemp("opt") / "lenet"
-    train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), data_dir=str(mini_mnist), epochs=2,
-                      device="cpu", holdout=HOLDOUT), progress=False)
-    return run
+def parent(held_out_lenet: Path) -> Path:
+    return held_out_lenet
 
 
 @pytest.fixture(scope="module")

@@ -21,19 +21,13 @@ from cnndeploy.quant.calibration import calibration_images
 from cnndeploy.quant.qat import QDQ_MEAN_RTOL, QDQ_RTOL, QDQ_TOP1, load_fake_quant, qat_finetune
 from cnndeploy.runtime.classifier import Classifier
 from cnndeploy.runtime.runners import ort_session
-from cnndeploy.train.fit import TrainConfig, train
 
-HOLDOUT = 1000
+from conftest import HELD_OUT as HOLDOUT
 
 
 @pytest.fixture(scope="module")
-def parent(mini_mnist, tmp_path_factory) -> Path:
-    """LeNet-5, 2 epochs on the shipped subset (10k train), 1000 training images held out."""
-    torch.set_num_threads(1)
-    run = tmp_path_factory.mktemp("qat") / "lenet"
-    train(TrainConfig(model="lenet5", dataset="mnist", out=str(run), data_dir=str(mini_mnist), epochs=2,
-                      device="cpu", holdout=HOLDOUT), progress=False)
-    return run
+def parent(held_out_lenet: Path) -> Path:
+    return held_out_lenet
 
 
 def _calib(run: Path, data_dir: Path) -> np.ndarray:

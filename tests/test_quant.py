@@ -98,3 +98,65 @@ def test_an_implausible_recorded_fp32_accuracy_is_measured_again(recorded):
     assert _measured_before({"x.onnx": {**identity, "fp32_accuracy": recorded}}, identity) is None
     assert _measured_before({"x.onnx": {**identity, "fp32_accuracy": 0.5}}, identity) == 0.5
     assert _measured_before({"x.onnx": {**identity, "fp32_sha256": "c", "fp32_accuracy": 0.5}}, identity) is None
+
+
+def _int8_weights(path: Path) -> list[np.ndarray]:
+    graph = onnx.load(str(path)).graph
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return [numpy_helper.to_array(i) for i in graph.initializer
+            if i.name in dequantized and i.data_type == onnx.TensorProto.INT8]
+
+
+@pytest.mark.parametrize("saturates", ["1", "0"])
+def test_cpu_weights_are_7_bit_exactly_where_the_cpu_saturates(trained, mini_mnist, tmp_path, monkeypatch, saturates):
+    """x86 without VNNI overflows int16 pair sums of u8 x s8: the cpu flavour gets 7-bit weights there
+    (recorded), full range elsewhere; --reduce-range overrides the detection either way."""
+    import shutil
+
+    monkeypatch.setenv("CNNDEPLOY_INT8_SATURATES", saturates)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    for name in ("quant.json", "model.int8-cpu.onnx", "model.int8-trt.onnx"):
+        (run / name).unlink(missing_ok=True)
+    quantize_run(run, QuantConfig(target="cpu", calib_size=128), data_dir=str(mini_mnist))
+    widest = max(int(np.abs(w.astype(np.int16)).max()) for w in _int8_weights(run / "model.int8-cpu.onnx"))
+    recorded = json.loads((run / "quant.json").read_text())["model.int8-cpu.onnx"]["config"]["reduce_range"]
+    assert recorded is (saturates == "1")
+    assert widest <= 64 if saturates == "1" else widest == 127   # per-channel symmetric: each channel's max is 127
+    forced = "off" if saturates == "1" else "on"
+    assert main(["quant", str(run), "--target", "cpu", "--calib-size", "128", "--reduce-range", forced,
+                 "--data-dir", str(mini_mnist)]) == 0
+    widest = max(int(np.abs(w.astype(np.int16)).max()) for w in _int8_weights(run / "model.int8-cpu.onnx"))
+    assert widest == (127 if forced == "off" else 64)
+
+
+def test_full_range_int8_runs_unfused_where_it_would_overflow(trained, mini_mnist, tmp_path, monkeypatch, caplog):
+    """A full-range file on a saturating CPU gets basic optimizations only (no fusion into onnxruntime's
+    integer kernels): its logits are those of its QDQ graph evaluated as written."""
+    import onnxruntime as ort
+
+    from cnndeploy.runtime import int8_cpu
+    from cnndeploy.runtime.classifier import Classifier
+
+    monkeypatch.setenv("CNNDEPLOY_INT8_SATURATES", "0")
+    quantize_run(trained, QuantConfig(target="tensorrt", calib_size=128), data_dir=str(mini_mnist))
+    path = trained / "model.int8-trt.onnx"
+    assert not int8_cpu.overflows_here(path)   # a VNNI (or Arm, or GPU) machine: nothing to do
+    monkeypatch.setenv("CNNDEPLOY_INT8_SATURATES", "1")
+    assert int8_cpu.overflows_here(path) and not int8_cpu.overflows_here(trained / "model.onnx")
+    from cnndeploy.artifacts.card import ModelCard
+    from cnndeploy.data import dataset_for
+    from cnndeploy.data.types import normalise
+
+    card = ModelCard.read(trained)
+    x = normalise(dataset_for(card, data_dir=str(mini_mnist)).test_x[:256], card.mean, card.std)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    as_written = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with caplog.at_level("WARNING", logger="cnndeploy"):
+        got = Classifier(path).logits(x)
+    assert "overflow this CPU's 8-bit kernels" in caplog.text
+    # as written up to a rounding tie of the quantized logits (one step: 0.5-1% of the largest)
+    assert float(np.abs(got - as_written).max()) <= 0.02 * float(np.abs(as_written).max())
+    assert (got.argmax(1) == as_written.argmax(1)).mean() >= 0.99
+    assert int8_cpu.faithful(ort.SessionOptions(), path, ["CUDAExecutionProvider"]) is False

@@ -264,6 +264,9 @@ def _add_quant(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="minmax", choices=("minmax", "entropy", "percentile"),
                    help="how activation ranges are chosen from the calibration images")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the calibration subset")
+    p.add_argument("--reduce-range", default="auto", choices=("auto", "on", "off"),
+                   help="7-bit weights; auto: on for --target cpu where this x86 CPU lacks VNNI, whose "
+                        "8-bit kernels overflow on full-range weights")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
 
 
@@ -616,7 +619,8 @@ def _export_triton(args: argparse.Namespace) -> None:
 def _cmd_quant(args: argparse.Namespace) -> int:
     from cnndeploy.quant import QuantConfig, quantize_run
 
-    cfg = QuantConfig(target=args.target, calib_size=args.calib_size, method=args.method, seed=args.seed)
+    cfg = QuantConfig(target=args.target, calib_size=args.calib_size, method=args.method, seed=args.seed,
+                      reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range])
     cfg.check()  # a bad option is reported before a bad RUN_DIR
     r = quantize_run(_one_run_dir(args.run_dir, "quant"), cfg, data_dir=args.data_dir)
     change = round(-r.accuracy_drop_points, 2) + 0.0  # INT8 minus FP32, as report.md; + 0.0: no "-0.00"

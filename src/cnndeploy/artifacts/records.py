@@ -275,6 +275,7 @@ class QuantSettings(typing.TypedDict, total=False):
     method: str
     calib_size: int
     seed: int
+    reduce_range: bool   # 7-bit weights (absent in files made before it was recorded: full range)
 
 
 @dataclass
@@ -349,6 +350,7 @@ class QatRecord(Record):
     val_accuracy_after: float | None    # ... after it
     val_accuracy_int8: float | None     # the QDQ file itself (onnxruntime) on the held-out images
     activations: list[ActivationQuant] = field(default_factory=list)
+    reduce_range: bool = False          # 7-bit weights (quant.ptq.reduce_range_for), modelled in the fake quant
 
     @classmethod
     def read(cls, run: Path) -> "QatRecord | None":

@@ -41,6 +41,7 @@ class TimeSplit:
 
 def ort_time_split(path: str | Path, x: np.ndarray, *, threads: int | None = None, calls: int = 10) -> TimeSplit:
     """Profile `calls` runs of the file on batch `x` (after 3 unprofiled-equivalent warm-up runs)."""
+    from cnndeploy.runtime import int8_cpu
     from cnndeploy.runtime.onnxruntime_import import onnxruntime
 
     ort = onnxruntime()
@@ -50,6 +51,7 @@ def ort_time_split(path: str | Path, x: np.ndarray, *, threads: int | None = Non
         opts.profile_file_prefix = str(Path(tmp) / "profile")
         if threads:
             opts.intra_op_num_threads = threads
+        int8_cpu.faithful(opts, path, None)   # profile what the bench times
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         warm = 3

@@ -3,6 +3,8 @@
 - cpu:      uint8 activations, int8 per-channel weights -> the fast form for x86 VNNI kernels.
 - tensorrt: symmetric int8 activations and weights (zero point 0), per-channel weights ->
             the explicit-quantization form TensorRT consumes.
+On an x86 CPU without VNNI the cpu flavour's weights are 7-bit (onnxruntime's reduce_range): full-range
+weights overflow that CPU's int16 dot products (system.cpu_int8_saturates). `--reduce-range` overrides.
 The quantized file is then evaluated on the whole test set next to model.onnx.
 """
 
@@ -44,6 +46,14 @@ def _quant_settings(target: str) -> dict[str, Any]:
             "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}}
 
 
+def reduce_range_for(target: str) -> bool:
+    """Whether `target`'s weights are 7-bit by default: the cpu flavour, made on a CPU whose 8-bit
+    kernels saturate (the file is most likely served where it is made; TensorRT's GPUs do not saturate)."""
+    from cnndeploy.system import cpu_int8_saturates
+
+    return target == "cpu" and cpu_int8_saturates()
+
+
 def _method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -82,12 +92,14 @@ def check_node_names(prepared: Path, names: Sequence[str], *, what: str) -> None
 
 def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str,
                   nodes_to_exclude: Sequence[str] = (),
-                  overrides: dict[str, list[dict[str, Any]]] | None = None) -> None:
+                  overrides: dict[str, list[dict[str, Any]]] | None = None,
+                  reduce_range: bool | None = None) -> None:
     """Quantize `fp32` into `out` (atomically) with the given calibration images.
 
     `nodes_to_exclude`: node names of the pre-processed model (see prepare_float) left in float.
     `overrides` is onnxruntime's TensorQuantOverrides ({tensor name: [{"scale", "zero_point"}]}):
     those tensors get the given quantization instead of the calibrated one (QAT's trained ranges).
+    `reduce_range`: 7-bit weights ([-64, 64]); None: `reduce_range_for(target)`.
     """
     from onnxruntime.quantization import QuantFormat, quantize_static
 
@@ -101,7 +113,9 @@ def quantize_file(fp32: Path, out: Path, images, *, target: str, method: str,
         check_node_names(prepped, excluded, what="nodes_to_exclude")
         quantize_static(str(prepped), str(final_tmp), BatchReader(images, "input"),
                         quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=_method(method),
-                        nodes_to_exclude=excluded, **_settings_with(target, overrides))
+                        nodes_to_exclude=excluded,
+                        reduce_range=reduce_range_for(target) if reduce_range is None else bool(reduce_range),
+                        **_settings_with(target, overrides))
 
 
 def _settings_with(target: str, overrides: dict[str, list[dict[str, Any]]] | None) -> dict[str, Any]:
@@ -118,6 +132,7 @@ class QuantConfig:
     calib_size: int = 512          # training images the activation ranges are calibrated on
     method: str = "minmax"         # minmax | entropy | percentile
     seed: int = 0                  # which training images
+    reduce_range: bool | None = None   # 7-bit weights; None: where this CPU saturates (reduce_range_for)
 
     def check(self) -> "QuantConfig":
         if self.target not in TARGETS:
@@ -126,6 +141,8 @@ class QuantConfig:
             raise CnnDeployError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
         if self.calib_size < 1:
             raise CnnDeployError(f"--calib-size {self.calib_size}: expected a positive number of images")
+        if self.reduce_range is not None and not isinstance(self.reduce_range, bool):
+            raise CnnDeployError(f"reduce_range {self.reduce_range!r}: expected True, False or None (auto)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
             raise CnnDeployError(f"--seed {self.seed!r}: expected an integer in [0, 2**64-1]")
         return self
@@ -156,7 +173,12 @@ def _quantize_locked(run: Path, card: ModelCard, cfg: QuantConfig, *, data_dir: 
         log.info("no %s yet: exporting it first", fp32)
         export_onnx(run, data_dir=data_dir)
     out = run / QUANT_TARGETS[cfg.target]
-    quantize_file(fp32, out, images, target=cfg.target, method=cfg.method)
+    if cfg.reduce_range is None:   # recorded as what it resolved to on this machine
+        cfg = dataclasses.replace(cfg, reduce_range=reduce_range_for(cfg.target))
+    if cfg.reduce_range:
+        log.info("%s: 7-bit weights (reduce_range), as this CPU's 8-bit kernels saturate on full-range ones",
+                 out.name)
+    quantize_file(fp32, out, images, target=cfg.target, method=cfg.method, reduce_range=cfg.reduce_range)
     identity = {"fp32_sha256": sha256_file(fp32), "test_set_sha256": _test_set_digest(ds)}
     base_accuracy = _measured_before(previous, identity)
     if base_accuracy is None:

@@ -2,8 +2,8 @@
 
 The fake-quant model mirrors what onnxruntime's PTQ (quant/ptq.py) writes for the target:
 
-- weights of every Conv/Linear: per output channel, symmetric int8 in [-127, 127], scale
-  max|w| / 127 recomputed at every step (what ORT's minmax computes from the final weights);
+- weights of every Conv/Linear: per output channel, symmetric int8 in [-127, 127] (7-bit [-64, 64]
+  where the cpu flavour is made with reduce_range), scale max|w| / 127 (or / 64) recomputed at every step (what ORT's minmax computes from the final weights);
 - the input of every Conv/Linear: per tensor, uint8 asymmetric (cpu) or symmetric int8 in
   [-127, 127] with zero point 0 (tensorrt), from minmax ranges calibrated once, before the
   fine-tune, on training images; these ranges stay fixed while the weights learn around them.
@@ -53,7 +53,7 @@ from cnndeploy.data.holdout import Holdout
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.fileio import atomic_path, write_json_atomic
 from cnndeploy.models import weights
-from cnndeploy.quant.ptq import TARGETS, quantize_file
+from cnndeploy.quant.ptq import TARGETS, quantize_file, reduce_range_for
 
 log = logging.getLogger("cnndeploy")
 
@@ -64,7 +64,7 @@ log = logging.getLogger("cnndeploy")
 QDQ_RTOL = 0.02         # max |diff|
 QDQ_MEAN_RTOL = 5e-4    # mean |diff|
 QDQ_TOP1 = 0.99         # top-1 agreement
-WEIGHT_QMIN, WEIGHT_QMAX = -127, 127   # ORT's symmetric int8 (WeightSymmetric) range
+WEIGHT_RANGE = {False: (-127, 127), True: (-64, 64)}   # ORT's symmetric int8 weights; reduce_range: 7-bit
 QUANTIZED = (nn.Conv2d, nn.Linear)
 CALIB_BATCH = 256
 
@@ -87,14 +87,15 @@ def activation_params(lo: float, hi: float, target: str) -> tuple[float, int]:
 
 
 class FakeQuantLayer(nn.Module):
-    """A Conv2d/Linear whose input (per tensor, fixed) and weights (per channel, max|w|/127) are fake-quantized.
+    """A Conv2d/Linear whose input (per tensor, fixed) and weights (per channel, max|w|/qmax) are fake-quantized.
 
     Before `set_input_quant`, the input is only observed (its min and max), for calibration.
     """
 
-    def __init__(self, inner: nn.Conv2d | nn.Linear) -> None:
+    def __init__(self, inner: nn.Conv2d | nn.Linear, reduce_range: bool = False) -> None:
         super().__init__()
         self.inner = inner
+        self.weight_qmin, self.weight_qmax = WEIGHT_RANGE[reduce_range]
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
         self.qmin, self.qmax, self.calibrated = 0, 255, False
@@ -109,9 +110,9 @@ class FakeQuantLayer(nn.Module):
         w = self.inner.weight
         # the scale is a function of the weights but, as in standard QAT, no gradient flows through it
         absmax = w.detach().abs().amax(dim=tuple(range(1, w.ndim)))
-        scale = torch.where(absmax > 0, absmax / WEIGHT_QMAX, torch.ones_like(absmax)).float()
+        scale = torch.where(absmax > 0, absmax / self.weight_qmax, torch.ones_like(absmax)).float()
         zero = torch.zeros(len(scale), dtype=torch.int32, device=w.device)
-        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, WEIGHT_QMIN, WEIGHT_QMAX)
+        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, self.weight_qmin, self.weight_qmax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.calibrated:
@@ -128,14 +129,15 @@ class FakeQuantLayer(nn.Module):
 class FakeQuantModel(nn.Module):
     """The network with every Conv2d/Linear wrapped in a FakeQuantLayer; BatchNorm stays in eval mode."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, reduce_range: bool = False) -> None:
         super().__init__()
         self.net = copy.deepcopy(net)
+        self.reduce_range = reduce_range   # 7-bit weights, as quantize_file(reduce_range=True) writes them
         self.layers: dict[str, FakeQuantLayer] = {}
         for name, module in list(self.net.named_modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, QUANTIZED):
-                    wrapped = FakeQuantLayer(child)
+                    wrapped = FakeQuantLayer(child, reduce_range)
                     setattr(module, child_name, wrapped)
                     self.layers[f"{name}.{child_name}" if name else child_name] = wrapped
         self.order: list[str] = []   # the layers in the order the forward pass runs them
@@ -187,7 +189,7 @@ def load_fake_quant(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     if record is None:
         raise CnnDeployError(f"{run_dir} has no {layout.QAT}: not a run made by quantization-aware fine-tuning")
     net, _ = weights.load_run(run_dir)
-    model = FakeQuantModel(net)
+    model = FakeQuantModel(net, record.reduce_range)
     by_name = {a["module"]: a for a in record.activations}
     missing = sorted(set(model.layers) - set(by_name))
     if missing:
@@ -293,7 +295,7 @@ def _finetune_into(run: Path, out: Path, net: nn.Module, card: ModelCard, origin
     if len(train_ds.train_y) < 2:
         raise CnnDeployError(f"{len(train_ds.train_y)} training image(s) left for the fine-tune; expected at least 2")
 
-    model = FakeQuantModel(net).to(dev)
+    model = FakeQuantModel(net, reduce_range_for(target)).to(dev)
     model.calibrate(images, target)
     split_args = {"mean": card.mean, "std": card.std, "device": dev}
     train_split = DeviceSplit(train_ds.train_x, train_ds.train_y, **split_args)
@@ -332,7 +334,7 @@ def _finetune_into(run: Path, out: Path, net: nn.Module, card: ModelCard, origin
                        calib_size=len(images), calib_split="train",
                        batchnorm="frozen (eval mode: running statistics, as folded into the export)",
                        val_images=len(val_y), val_accuracy_before=before, val_accuracy_after=after,
-                       val_accuracy_int8=val_int8, activations=activations)
+                       val_accuracy_int8=val_int8, activations=activations, reduce_range=model.reduce_range)
     record.write(out)
     return QatResult(out_dir=out, file=qdq.name, record=record)
 
@@ -400,7 +402,8 @@ def _write_qdq(model: FakeQuantModel, fp32: Path, qdq: Path, images: np.ndarray,
         activations.append(a)
     with tempfile.TemporaryDirectory() as tmp:
         quantized = Path(tmp) / qdq.name
-        quantize_file(fp32, quantized, images, target=target, method="minmax", overrides=overrides)
+        quantize_file(fp32, quantized, images, target=target, method="minmax", overrides=overrides,
+                      reduce_range=model.reduce_range)
         proto = _float_outputs(onnx.load(str(quantized)))
         _check_forced(proto, qdq.name, activations)
         with atomic_path(qdq) as final_tmp:

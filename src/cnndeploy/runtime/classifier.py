@@ -240,6 +240,9 @@ class Classifier:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        from cnndeploy.runtime import int8_cpu
+
+        int8_cpu.faithful(options, self.path, providers)
         try:
             return ort.InferenceSession(str(self.path), options, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as e:  # onnxruntime raises its own exception types for broken files

@@ -16,6 +16,7 @@ from cnndeploy import system
 from cnndeploy.artifacts.files import BACKENDS_BY_KIND, COMPUTE_PRECISIONS, compute_spec
 from cnndeploy.artifacts.variants import Variant
 from cnndeploy.errors import CnnDeployError
+from cnndeploy.runtime import int8_cpu
 from cnndeploy.runtime.classifier import SessionRunner
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -155,13 +156,16 @@ def _torch_runner(variant: Variant, *, compile_: bool, threads: int | None) -> R
 
 
 def ort_session(path: Any, provider: str = "CPUExecutionProvider", threads: int | None = None) -> Any:
-    """An onnxruntime session on `provider`, with the CPU provider as its fallback."""
+    """An onnxruntime session on `provider`, with the CPU provider as its fallback.
+
+    A QDQ file that would overflow this CPU's 8-bit kernels runs unfused (runtime.int8_cpu)."""
     from cnndeploy.runtime.onnxruntime_import import onnxruntime
 
     ort = onnxruntime()
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    int8_cpu.faithful(opts, path, [provider])
     providers = list(dict.fromkeys([provider, "CPUExecutionProvider"]))
     return ort.InferenceSession(str(path), opts, providers=providers)
 
