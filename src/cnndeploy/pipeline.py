@@ -238,9 +238,15 @@ def _artifact_stages(cfg: PipelineConfig, label: str, run: Path) -> list[Stage]:
         quant = dataclasses.replace(cfg.quant, target=target)
         stages.append(Stage(f"{label}: INT8 ({target})", [run / name], [onnx],
                             lambda q=quant: quantize_run(run, q, data_dir=cfg.data_dir),
-                            dataclasses.asdict(quant),
-                            lambda n=name: records.read_quant(run).get(n, {}).get("config")))
+                            dataclasses.asdict(quant.resolved()),
+                            lambda n=name: _quant_config(run, n)))
     return stages
+
+
+def _quant_config(run: Path, name: str) -> dict | None:
+    """The recorded QuantConfig of an INT8 file; files from before reduce_range was recorded had full-range weights."""
+    config = records.read_quant(run).get(name, {}).get("config")
+    return {"reduce_range": False, **config} if isinstance(config, dict) else config
 
 
 def _tensorrt_stages(label: str, run: Path) -> list[Stage]:

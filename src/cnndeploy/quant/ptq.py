@@ -134,6 +134,12 @@ class QuantConfig:
     seed: int = 0                  # which training images
     reduce_range: bool | None = None   # 7-bit weights; None: where this CPU saturates (reduce_range_for)
 
+    def resolved(self) -> "QuantConfig":
+        """This config with `reduce_range` as it resolves on this machine (what quant.json records)."""
+        if self.reduce_range is not None:
+            return self
+        return dataclasses.replace(self, reduce_range=reduce_range_for(self.target))
+
     def check(self) -> "QuantConfig":
         if self.target not in TARGETS:
             raise CnnDeployError(f"--target {self.target!r}: expected one of {', '.join(TARGETS)}")
@@ -173,8 +179,7 @@ def _quantize_locked(run: Path, card: ModelCard, cfg: QuantConfig, *, data_dir: 
         log.info("no %s yet: exporting it first", fp32)
         export_onnx(run, data_dir=data_dir)
     out = run / QUANT_TARGETS[cfg.target]
-    if cfg.reduce_range is None:   # recorded as what it resolved to on this machine
-        cfg = dataclasses.replace(cfg, reduce_range=reduce_range_for(cfg.target))
+    cfg = cfg.resolved()   # recorded as what reduce_range resolved to on this machine
     if cfg.reduce_range:
         log.info("%s: 7-bit weights (reduce_range), as this CPU's 8-bit kernels saturate on full-range ones",
                  out.name)

@@ -21,16 +21,27 @@ from cnndeploy import system
 log = logging.getLogger("cnndeploy")
 
 SAFE_INT8 = 64   # |int8 weight| <= 64: no pair of u8 x s8 products overflows int16
-_warned: set[str] = set()
+_warned: set[tuple] = set()
+
+
+def _identity(path: Any) -> tuple:
+    try:
+        st = os.stat(path)
+        return str(path), st.st_mtime_ns, st.st_size
+    except OSError:
+        return (str(path),)
 
 
 def overflows_here(path: Any) -> bool:
     """Whether the ONNX file at `path` has dequantized int8 weights beyond [-64, 64] and this CPU saturates."""
     if not isinstance(path, (str, os.PathLike)) or not system.cpu_int8_saturates():
         return False
-    import onnx
-    from onnx import numpy_helper
-
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:   # a runtime-only install (onnxruntime, numpy, pillow): the file cannot be inspected
+        log.debug("onnx not installed: %s is not checked for int8 overflow on this CPU", path)
+        return False
     try:
         graph = onnx.load(str(path)).graph
     except Exception:   # not loadable here: the session that follows says what is wrong with it
@@ -51,8 +62,9 @@ def faithful(options: Any, path: Any, providers: Sequence[str] | None) -> bool:
     from cnndeploy.runtime.onnxruntime_import import onnxruntime
 
     options.graph_optimization_level = onnxruntime().GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if str(path) not in _warned:
-        _warned.add(str(path))
+    key = _identity(path)
+    if key not in _warned:   # once per file version, not per session opened on it
+        _warned.add(key)
         log.warning("%s: its full-range int8 weights overflow this CPU's 8-bit kernels (x86 without VNNI); "
                     "running the QDQ graph unfused: exact, but at float speed (quantize here, or with "
                     "--reduce-range on, for 7-bit weights)", Path(str(path)).name)
