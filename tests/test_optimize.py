@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -11,13 +12,14 @@ import pytest
 
 from cnndeploy.artifacts import files as layout
 from cnndeploy.artifacts.card import ModelCard
-from cnndeploy.artifacts.records import OptimizeRecord
+from cnndeploy.artifacts.records import Candidate, OptimizeRecord
 from cnndeploy.artifacts.variants import discover
 from cnndeploy.cli import main
 from cnndeploy.data import dataset_for
 from cnndeploy.data.holdout import Holdout
 from cnndeploy.errors import CnnDeployError
 from cnndeploy.optimize import OptimizeConfig, optimize_run, parse_duration
+from cnndeploy.optimize.report import explain
 from cnndeploy.optimize.search import Search
 from cnndeploy.runtime.classifier import Classifier
 
@@ -191,3 +193,27 @@ def test_durations():
     assert parse_duration("45") == 45
     with pytest.raises(CnnDeployError):
         parse_duration("0m")
+
+
+def _row(name: str, stage: str, amount: float, file: str, precision: str, ips: float, final: float | None = None,
+         **kw) -> Candidate:
+    return Candidate(name=name, stage=stage, prune_amount=amount, file=file, backend="openvino", precision=precision,
+                     status="ok", val_drop_points=0.1, within_budget=True, throughput_ips=ips, spread=0.01,
+                     final_throughput_ips=final, final_spread=0.01 if final else None, macs=100, **kw)
+
+
+def test_why_lost_never_blames_the_chosen_file_and_trusts_the_finalists_run():
+    # p30's stage run was slower than p0's (noise); the finalists' run, side by side, says it is faster
+    p0 = _row("p0:model.onnx@openvino", "p0", 0.0, layout.ONNX, "fp32", 1000, final=900)
+    p30 = _row("p30:model.onnx@openvino", "p30", 0.3, layout.ONNX, "fp32", 950, final=1400)
+    p50 = _row("p50:model.onnx@openvino", "p50", 0.5, layout.ONNX, "fp32", 980)    # not a finalist
+    p70 = _row("p70:model.onnx@openvino", "p70", 0.7, layout.ONNX, "fp32", 1500, final=1000)
+    slow8 = _row("p0:model.int8.onnx@openvino", "p0", 0.0, layout.QUANT_TARGETS["cpu"], "int8", 700, final=1300)
+    search = SimpleNamespace(candidates=[p0, p30, p50, p70, slow8], quant_target="cpu",
+                             cfg=SimpleNamespace(max_drop=0.5))
+    lines = explain(search, p30)
+    assert p30.reason is None and not any(line.startswith(p30.name) for line in lines)
+    assert p50.reason.startswith("pruned but no faster") and "0.98x" in p50.reason      # stage runs: 980 vs 1000
+    assert p70.reason.startswith("within budget but slower")      # 1500 in its stage run, 1000 beside p30
+    assert slow8.reason.startswith("within budget but slower")    # 700 vs 1000 staged, 1300 vs 900 side by side
+    assert p0.reason == "within budget but slower: 900 vs 1400 images/s for the chosen file"

@@ -12,8 +12,13 @@ from cnndeploy.fileio import write_bytes_atomic
 if TYPE_CHECKING:
     from cnndeploy.optimize.search import Search
 
-def _tolerance(a: Candidate, b: Candidate) -> float:
-    return max(0.02, a.spread or 0.0, b.spread or 0.0)
+def _speeds(a: Candidate, b: Candidate) -> tuple[float, float, float]:
+    """a's and b's throughput and the spread that separates them, from the finalists' run where both were
+    in it (one interleaved run beats two stage runs minutes apart), else from the stage runs."""
+    if a.final_throughput_ips and b.final_throughput_ips:
+        return (a.final_throughput_ips, b.final_throughput_ips,
+                max(0.02, a.final_spread or 0.0, b.final_spread or 0.0))
+    return a.throughput_ips or 0.0, b.throughput_ips or 0.0, max(0.02, a.spread or 0.0, b.spread or 0.0)
 
 
 def _profile_line(search: "Search", c: Candidate) -> str | None:
@@ -37,30 +42,38 @@ def explain(search: "Search", chosen: Candidate | None) -> list[str]:
     ok = [c for c in search.candidates if c.status == "ok" and c.throughput_ips]
     lines: list[str] = []
     by = {(c.stage, c.file, c.backend, c.precision): c for c in ok}
+    # the chosen file did not lose: a stage-run figure must not call it slower than the finalists' run did
+    losers = [c for c in ok if c is not chosen]
     # INT8 slower than the float file of the same run on the same backend
-    for c in ok:
+    for c in losers:
         if not c.precision.startswith("int8") or c.excluded_nodes:
             continue
         f = by.get((c.stage, layout.ONNX, c.backend, "fp32"))
-        if f is None or c.throughput_ips >= f.throughput_ips * (1 - _tolerance(c, f)):
+        if f is None:
             continue
-        ratio = c.throughput_ips / f.throughput_ips
+        mine, theirs, tol = _speeds(c, f)
+        if mine >= theirs * (1 - tol):
+            continue
+        ratio = mine / theirs
         detail = _profile_line(search, c)
         base = _profile_line(search, f)
         c.reason = (f"INT8 is slower than FP32 here: {ratio:.2f}x the throughput of {f.file} on {c.backend}"
                     + (f" (INT8: {detail}; FP32: {base})" if detail and base else ""))
         lines.append(f"{c.name}: {c.reason}")
     # pruned, and no faster than the unpruned file on the same backend
-    for c in ok:
+    for c in losers:
         if c.prune_amount == 0:
             continue
         p = by.get(("p0", c.file if c.file in (layout.ONNX, layout.WEIGHTS) else
                     layout.QUANT_TARGETS[search.quant_target], c.backend, c.precision))
-        if p is None or c.throughput_ips > p.throughput_ips * (1 + _tolerance(c, p)):
+        if p is None:
+            continue
+        mine, theirs, tol = _speeds(c, p)
+        if mine > theirs * (1 + tol):
             continue
         macs = (p.macs or 0) / (c.macs or 1)
         detail = _profile_line(search, c)
-        c.reason = (f"pruned but no faster: {macs:.2f}x fewer MACs, {c.throughput_ips / p.throughput_ips:.2f}x the "
+        c.reason = (f"pruned but no faster: {macs:.2f}x fewer MACs, {mine / theirs:.2f}x the "
                     f"throughput of {p.name}" + (f" ({detail}: what is left is not the convolutions' MACs)"
                                                  if detail else ""))
         lines.append(f"{c.name}: {c.reason}")
