@@ -22,6 +22,7 @@ log = logging.getLogger("cnndeploy")
 
 SAFE_INT8 = 64   # |int8 weight| <= 64: no pair of u8 x s8 products overflows int16
 _warned: set[tuple] = set()
+_verdicts: dict[tuple, bool] = {}   # by file version: a search opens the same file in many sessions
 
 
 def _identity(path: Any) -> tuple:
@@ -37,11 +38,20 @@ def overflows_here(path: Any) -> bool:
     if not isinstance(path, (str, os.PathLike)) or not system.cpu_int8_saturates():
         return False
     try:
-        import onnx
-        from onnx import numpy_helper
+        import onnx  # noqa: F401
     except ImportError:   # a runtime-only install (onnxruntime, numpy, pillow): the file cannot be inspected
         log.debug("onnx not installed: %s is not checked for int8 overflow on this CPU", path)
         return False
+    key = _identity(path)
+    if key not in _verdicts:
+        _verdicts[key] = _wide_int8_weights(path)
+    return _verdicts[key]
+
+
+def _wide_int8_weights(path: Any) -> bool:
+    import onnx
+    from onnx import numpy_helper
+
     try:
         graph = onnx.load(str(path)).graph
     except Exception:   # not loadable here: the session that follows says what is wrong with it
