@@ -168,6 +168,21 @@ def test_a_too_small_time_budget_ends_with_the_best_so_far(parent, mini_mnist, t
     assert (out / layout.BEST).is_file()
 
 
+def test_a_fine_tune_that_cannot_fit_is_not_started(parent, mini_mnist, tmp_path):
+    """The first pruned amount is judged by the parent's epoch time before its fine-tune starts."""
+    import shutil
+
+    slow = tmp_path / "slow-parent"
+    shutil.copytree(parent, slow, ignore=shutil.ignore_patterns(layout.LOCK))
+    rows = [json.loads(line) for line in (slow / layout.LOG).read_text().splitlines()]
+    (slow / layout.LOG).write_text("".join(json.dumps({**r, "seconds": 900.0}) + "\n" for r in rows))
+    r = optimize_run(slow, OptimizeConfig(max_drop=0.5, amounts=(0.3,), time_budget=300, **FAST),
+                     out=tmp_path / "o", data_dir=str(mini_mnist), progress=False)
+    assert not r.finished and r.elapsed_s < 300
+    assert [s for s in r.skipped if s.startswith("p30") and "expected to take about" in s]
+    assert {c.stage for c in r.candidates} == {"p0"} and r.chosen.startswith("p0:")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--max-drop", "-1"], "--max-drop"),
     (["--max-drop", "0.5", "--time-budget", "soon"], "--time-budget"),

@@ -78,6 +78,7 @@ class Search:
         self.qat: list[dict] = []
         self.costs: dict[str, dict] = {}
         self.reference: Candidate | None = None
+        self.measure_cost = 0.0   # seconds measuring the unpruned stage took
         self.work = out / layout.OPTIMIZE_WORK
 
     # --- set-up -----------------------------------------------------------------------------
@@ -121,27 +122,35 @@ class Search:
     def _search(self, amounts: list[float]) -> None:
         p0 = self._new_stage(0.0)
         copy_parent(self.parent, p0.run)
+        t0 = time.perf_counter()
         self._measure_stage(p0, reference=True)
         self._rescue(p0)
+        # what measuring a stage costs; the finalists' run at the end is held to about as much again
+        self.measure_cost = time.perf_counter() - t0
         self.bar.update(1)
         best_before = self._best(p0.name)
-        last_cost = None
+        # the next stage is expected to cost what the last one did (fine-tune + measuring); the first,
+        # the parent's epoch time x the fine-tune's epochs (a pruned model trains faster: errs long)
+        estimate = self._finetune_estimate()
+        next_cost = None if estimate is None else estimate + self.measure_cost
         for i, amount in enumerate(amounts):
             name = stage_name(amount)
-            if last_cost is not None and not self.deadline.allows(last_cost, f"{name} (pruning {amount:.0%})"):
+            if next_cost is not None and not self.deadline.allows(next_cost + self.measure_cost,
+                                                                  f"{name} (pruning {amount:.0%})"):
                 self._skip_rest(amounts[i + 1:], "the time budget ended the search before it")
                 raise _OutOfTime
             if self.deadline.left() <= 0:
                 self.deadline.skip(f"{name} (pruning {amount:.0%}): not tried, the time budget was spent")
                 self._skip_rest(amounts[i + 1:], "the time budget was spent")
                 raise _OutOfTime
+            t0 = time.perf_counter()
             stage = self._prune(amount)
             self.bar.update(1)
             if stage is None:
                 continue
-            last_cost = stage.seconds
             self._measure_stage(stage)
             self._rescue(stage)
+            next_cost = time.perf_counter() - t0 - stage.trial_seconds
             best = self._best(stage.name)
             if best is None:
                 self._skip_rest(amounts[i + 1:], f"{name} already misses the budget in every precision and "
@@ -154,6 +163,21 @@ class Search:
                                 f"({best_before.throughput_ips:.0f} images/s) beyond the rounds' spread")
                 return
             best_before = best
+
+    def _finetune_estimate(self) -> float | None:
+        """Seconds one fine-tune is expected to take, from the parent's log (None: no log to go by)."""
+        from cnndeploy.train.prune import default_finetune_epochs
+
+        try:
+            rows = [json.loads(line) for line in (self.parent / layout.LOG).read_text().splitlines() if line.strip()]
+            seconds = [float(r["seconds"]) for r in rows if isinstance(r, dict) and "seconds" in r]
+        except (OSError, ValueError, TypeError):
+            return None
+        if not seconds:
+            return None
+        trained = records.read_metrics(self.parent).get("config", {}).get("epochs") or len(seconds)
+        epochs = self.cfg.finetune_epochs or default_finetune_epochs(int(trained))
+        return epochs * sum(seconds) / len(seconds)
 
     def _skip_rest(self, amounts: list[float], why: str) -> None:
         for amount in amounts:
@@ -216,10 +240,14 @@ class Search:
         from cnndeploy.optimize.measure import torch_val_accuracy
 
         plain, kd = stage.run.with_name(stage.name + "-plain"), stage.run.with_name(stage.name + "-kd")
+        t0 = time.perf_counter()
         self._prune_into(amount, plain, False)
         acc_plain = torch_val_accuracy(plain, self.val)
-        if not self.deadline.allows(0.0, "distillation trial"):
-            kd_acc = None
+        # the distilled fine-tune takes at least as long; then the stage is measured, then the finalists
+        stage.trial_seconds = time.perf_counter() - t0
+        if not self.deadline.allows(stage.trial_seconds + 2 * self.measure_cost,
+                                    f"{stage.name}: the distilled fine-tune (plain kept)"):
+            kd_acc, stage.trial_seconds = None, 0.0
         else:
             self._prune_into(amount, kd, True)
             kd_acc = torch_val_accuracy(kd, self.val)

@@ -26,6 +26,7 @@ class Stage:
     excluded: dict[str, list[str]] = field(default_factory=dict)   # file name -> INT8 layers kept in float
     seconds: float = 0.0       # what making it cost (prune + fine-tune, or QAT)
     distill: bool = False
+    trial_seconds: float = 0.0  # the distillation trial's extra fine-tune, which later amounts do not repeat
 
 
 def stage_name(amount: float, qat: bool = False) -> str:
