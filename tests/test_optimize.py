@@ -175,7 +175,7 @@ def test_a_fine_tune_that_cannot_fit_is_not_started(parent, mini_mnist, tmp_path
     slow = tmp_path / "slow-parent"
     shutil.copytree(parent, slow, ignore=shutil.ignore_patterns(layout.LOCK))
     rows = [json.loads(line) for line in (slow / layout.LOG).read_text().splitlines()]
-    (slow / layout.LOG).write_text("".join(json.dumps({**r, "seconds": 900.0}) + "\n" for r in rows))
+    (slow / layout.LOG).write_text("".join(json.dumps({**r, "seconds": 1800.0}) + "\n" for r in rows))
     r = optimize_run(slow, OptimizeConfig(max_drop=0.5, amounts=(0.3,), time_budget=300, **FAST),
                      out=tmp_path / "o", data_dir=str(mini_mnist), progress=False)
     assert not r.finished and r.elapsed_s < 300
