@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -124,9 +125,9 @@ class Search:
         copy_parent(self.parent, p0.run)
         t0 = time.perf_counter()
         self._measure_stage(p0, reference=True)
-        self._rescue(p0)
         # what measuring a stage costs; the finalists' run at the end is held to about as much again
         self.measure_cost = time.perf_counter() - t0
+        self._rescue(p0)
         self.bar.update(1)
         best_before = self._best(p0.name)
         # the next stage is expected to cost what the last one did (fine-tune + measuring: more pruning
@@ -173,12 +174,12 @@ class Search:
         try:
             rows = [json.loads(line) for line in (self.parent / layout.LOG).read_text().splitlines() if line.strip()]
             seconds = [float(r["seconds"]) for r in rows if isinstance(r, dict) and "seconds" in r]
-        except (OSError, ValueError, TypeError):
+            trained = int(records.read_metrics(self.parent).get("config", {}).get("epochs") or len(seconds))
+        except (OSError, ValueError, TypeError, records.RecordError):
             return None
-        if not seconds:
+        if not seconds or not all(math.isfinite(x) and x >= 0 for x in seconds):
             return None
-        trained = records.read_metrics(self.parent).get("config", {}).get("epochs") or len(seconds)
-        epochs = self.cfg.finetune_epochs or default_finetune_epochs(int(trained))
+        epochs = self.cfg.finetune_epochs or default_finetune_epochs(trained)
         return epochs * sum(seconds) / len(seconds) * min(1.0, 1.25 * (1 - amount) ** 2)
 
     def _skip_rest(self, amounts: list[float], why: str) -> None:

@@ -28,7 +28,7 @@ _verdicts: dict[tuple, bool] = {}   # by file version: a search opens the same f
 def _identity(path: Any) -> tuple:
     try:
         st = os.stat(path)
-        return str(path), st.st_mtime_ns, st.st_size
+        return str(path), st.st_ino, st.st_mtime_ns, st.st_size   # atomic rewrites get a new inode
     except OSError:
         return (str(path),)
 
