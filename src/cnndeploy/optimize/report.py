@@ -73,9 +73,10 @@ def explain(search: "Search", chosen: Candidate | None) -> list[str]:
             continue
         macs = (p.macs or 0) / (c.macs or 1)
         detail = _profile_line(search, c)
+        spread = f", within the rounds' spread ({tol:.0%})" if mine > theirs else ""
+        profile = f" ({detail}: what is left is not the convolutions' MACs)" if detail else ""
         c.reason = (f"pruned but no faster: {macs:.2f}x fewer MACs, {mine / theirs:.2f}x the "
-                    f"throughput of {p.name}" + (f", within the rounds' spread ({tol:.0%})" if mine > theirs else "") + (f" ({detail}: what is left is not the convolutions' MACs)"
-                                                 if detail else ""))
+                    f"throughput of {p.name}{spread}{profile}")
         lines.append(f"{c.name}: {c.reason}")
     over = [c for c in ok if c.within_budget is False]
     for c in over:
