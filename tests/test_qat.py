@@ -123,3 +123,31 @@ def test_bad_input_is_refused(parent, mini_mnist, qat_run, tmp_path):
     with pytest.raises(CnnDeployError, match=r"no qat\.json"):
         load_fake_quant(parent)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_resnet_gets_each_trained_scale_on_its_own_layer(shared_data, tmp_path):
+    """quant_pre_process's optimizer puts a CIFAR ResNet's 1x1 shortcut before its block's conv1. Pairing
+    graph nodes with model layers by position failed QAT of every such ResNet ("the graph's layers are
+    not in the model's order"); each trained scale must land on the input of the layer it was calibrated on."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from cnndeploy.export import export_onnx
+    from cnndeploy.models import weights
+    from cnndeploy.quant.qat import FakeQuantModel, _write_qdq
+    from test_export import make_run
+
+    fp32, _ = export_onnx(make_run(tmp_path, "resnet20", shared_data, "cifar10"), data_dir=str(shared_data))
+    net, card = weights.load_run(fp32.parent)
+    model = FakeQuantModel(net)
+    x = np.random.default_rng(0).standard_normal((16, *card.shape)).astype(np.float32)
+    model.calibrate(x, "cpu")
+    activations = _write_qdq(model, fp32, tmp_path / "model.int8-cpu.onnx", x, "cpu")
+    quant_pre_process(str(fp32), str(tmp_path / "prepped.onnx"), skip_symbolic_shape=True)
+    convs = [n for n in onnx.load(str(tmp_path / "prepped.onnx")).graph.node if n.op_type in ("Conv", "Gemm")]
+    graph_order = [n.input[1].removesuffix(".weight") for n in convs]
+    assert graph_order != model.order   # the reordering this guards against still happens
+    fed_by = {n.input[1]: n.input[0] for n in convs}
+    assert sorted(a["module"] for a in activations) == sorted(model.order)
+    for a in activations:
+        assert a["tensor"] == fed_by[a["module"] + ".weight"], a["module"]
+        assert a["scale"] == pytest.approx(float(model.layers[a["module"]].scale))

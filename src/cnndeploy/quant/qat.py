@@ -367,6 +367,46 @@ def _sharing(graph, tensor: str) -> list[str]:
     return chain
 
 
+def _paired_layers(model: FakeQuantModel, graph, file: str) -> list[tuple[object, str]]:
+    """Each quantized node of `graph` with the model layer whose weight it holds.
+
+    By the weight initializer's name first: the exporter names it after the parameter
+    (`layers.2.shortcut.0.weight`). Position alone is wrong, as quant_pre_process's optimizer may
+    reorder independent branches (it put ResNet shortcuts before their block's conv1). A node whose
+    initializer is named otherwise takes the next layer in forward order with its weight's shape.
+    """
+    shapes = {i.name: tuple(i.dims) for i in graph.graph.initializer}
+    nodes = _quantized_nodes(graph)
+    if len(nodes) != len(model.order):
+        raise CnnDeployError(f"{file} has {len(nodes)} Conv/Gemm/MatMul layers, the model {len(model.order)}: "
+                             "cannot carry the trained quantization over")
+    by_weight = {f"{name}.weight": name for name in model.order}
+    named = {n.input[1]: by_weight[n.input[1]] for n in nodes if n.input[1] in by_weight}
+    taken = set(named.values())
+    left = [name for name in model.order if name not in taken]
+    pairs = []
+    for node in nodes:
+        name = named.get(node.input[1])
+        if name is None:
+            shape = shapes[node.input[1]]
+            name = next((m for m in left if _weight_fits(model.layers[m], shape)), None)
+            if name is None:
+                raise CnnDeployError(f"{file}: layer {node.name} has weights {shape}, which no layer of the model "
+                                     "left unpaired has: cannot carry the trained quantization over")
+            left.remove(name)
+        if not _weight_fits(model.layers[name], shapes[node.input[1]]):
+            w = tuple(model.layers[name].inner.weight.shape)
+            raise CnnDeployError(f"{file}: layer {node.name} has weights {shapes[node.input[1]]}, {name} {w}: "
+                                 "the graph's layer is not the model's layer of that name")
+        pairs.append((node, name))
+    return pairs
+
+
+def _weight_fits(layer: FakeQuantLayer, shape: tuple[int, ...]) -> bool:
+    w = tuple(layer.inner.weight.shape)
+    return shape in (w, w[::-1])   # MatMul holds a Linear's weight transposed
+
+
 def _write_qdq(model: FakeQuantModel, fp32: Path, qdq: Path, images: np.ndarray,
                target: str) -> list[ActivationQuant]:
     """The QDQ file by `quantize_file`, the Conv/Gemm input quantization forced to the trained one."""
@@ -377,19 +417,10 @@ def _write_qdq(model: FakeQuantModel, fp32: Path, qdq: Path, images: np.ndarray,
         prepped = Path(tmp) / "prepped.onnx"
         quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
         graph = onnx.load(str(prepped))
-    shapes = {i.name: tuple(i.dims) for i in graph.graph.initializer}
-    nodes = _quantized_nodes(graph)
-    if len(nodes) != len(model.order):
-        raise CnnDeployError(f"{fp32.name} has {len(nodes)} Conv/Gemm/MatMul layers, the model {len(model.order)}: "
-                             "cannot carry the trained quantization over")
     activations: list[ActivationQuant] = []
     overrides: dict[str, list[dict]] = {}
-    for node, name in zip(nodes, model.order):
+    for node, name in _paired_layers(model, graph, fp32.name):
         layer = model.layers[name]
-        w = tuple(layer.inner.weight.shape)
-        if shapes[node.input[1]] not in (w, w[::-1]):   # MatMul holds a Linear's weight transposed
-            raise CnnDeployError(f"{fp32.name}: layer {node.name} has weights {shapes[node.input[1]]}, {name} {w}: "
-                                 "the graph's layers are not in the model's order")
         a = ActivationQuant(module=name, tensor=node.input[0], scale=float(layer.scale),
                             zero_point=int(layer.zero_point), qmin=layer.qmin, qmax=layer.qmax)
         previous = overrides.get(a["tensor"])
