@@ -155,6 +155,35 @@ def test_qat_runs_where_fallback_cannot_and_records_what_it_recovered(parent, mi
     assert (out / layout.OPTIMIZE_WORK / "p0-qat" / layout.QUANT_TARGETS["cpu"]).is_file()
 
 
+def test_the_deadline_keeps_room_and_refuses_what_it_cannot_estimate():
+    from cnndeploy.optimize.config import Deadline
+
+    unlimited = Deadline(None)
+    assert unlimited.allows(None, "x") and unlimited.allows(1e9, "x", keep=1e9) and not unlimited.skipped
+    d = Deadline(100)
+    assert d.allows(60, "a", keep=30) and not d.skipped
+    assert not d.allows(60, "b", keep=50)
+    assert d.skipped[-1].startswith("b: not tried") and "kept for the finalists" in d.skipped[-1]
+    assert not d.allows(None, "c") and "could not be estimated" in d.skipped[-1]
+
+
+def test_qat_is_not_started_under_a_budget_when_its_cost_is_unknown(parent, mini_mnist, monkeypatch, tmp_path):
+    """Without epoch times in the parent's log.jsonl a QAT epoch cannot be estimated: under a time budget it
+    is listed as not tried, instead of judged as costing nothing."""
+    import shutil
+
+    _int8_misses(monkeypatch)
+    bare = tmp_path / "no-times"
+    shutil.copytree(parent, bare, ignore=shutil.ignore_patterns(layout.LOCK))
+    rows = [json.loads(line) for line in (bare / layout.LOG).read_text().splitlines()]
+    (bare / layout.LOG).write_text("".join(json.dumps({k: v for k, v in r.items() if k != "seconds"}) + "\n"
+                                           for r in rows))
+    cfg = OptimizeConfig(max_drop=0.5, amounts=(), **{**FAST, "qat_epochs": 1}, max_fallback=0, time_budget=900)
+    r = optimize_run(bare, cfg, out=tmp_path / "o", data_dir=str(mini_mnist), progress=False)
+    assert not r.qat and not any(c.stage.endswith("-qat") for c in r.candidates)
+    assert [s for s in r.skipped if s.startswith("p0: QAT") and "could not be estimated" in s]
+
+
 def test_a_too_small_time_budget_ends_with_the_best_so_far(parent, mini_mnist, tmp_path, capsys):
     out = tmp_path / "budget"
     code = main(["optimize", str(parent), "--max-drop", "0.5", "--time-budget", "1s", "--amounts", "0.3,0.5",

@@ -90,12 +90,19 @@ class Deadline:
     def left(self) -> float:
         return float("inf") if self.seconds is None else self.seconds - self.elapsed()
 
-    def allows(self, estimate: float, what: str) -> bool:
-        """Whether `what`, expected to take `estimate` seconds, fits in what is left; records it if not."""
-        if estimate <= self.left():
+    def allows(self, estimate: float | None, what: str, keep: float = 0.0) -> bool:
+        """Whether `what`, expected to take `estimate` seconds, fits in what is left with `keep` seconds
+        still kept after it (for the finalists' run); records it if not. An unknown estimate fits only
+        an unlimited budget."""
+        if self.seconds is None or (estimate is not None and estimate + keep <= self.left()):
             return True
-        self.skip(f"{what}: not tried, the time budget has {max(0.0, self.left()):.0f} s left and it was "
-                  f"expected to take about {estimate:.0f} s")
+        left = max(0.0, self.left())
+        if estimate is None:
+            self.skip(f"{what}: not tried, its cost could not be estimated and the time budget has {left:.0f} s left")
+        else:
+            kept = f" with {keep:.0f} s kept for the finalists" if keep else ""
+            self.skip(f"{what}: not tried, the time budget has {left:.0f} s left and it was "
+                      f"expected to take about {estimate:.0f} s{kept}")
         return False
 
     def skip(self, line: str) -> None:

@@ -67,10 +67,13 @@ def finalise(search: "Search", finished: bool) -> OptimizeRecord:
     from cnndeploy.optimize.search import FINALISTS
 
     finalists = pool[:FINALISTS]
-    if not finished and finalists:
+    short = search.deadline.left() < search.measure_cost   # the finalists' run costs about a stage's measuring
+    if (not finished or short) and len(finalists) > 1:
         finalists = finalists[:1]
-        search.deadline.skip("final side-by-side run: only the best candidate and the reference were timed "
-                             "again, the time budget being spent")
+        why = ("the time budget being spent" if not finished else f"{max(0.0, search.deadline.left()):.0f} s of "
+               f"the time budget being left, less than measuring a stage took ({search.measure_cost:.0f} s)")
+        search.deadline.skip(f"final side-by-side run: only the best candidate and the reference were timed "
+                             f"again, {why}")
     if finalists:
         _final_run(search, finalists)
     timed = [c for c in finalists if c.final_throughput_ips]

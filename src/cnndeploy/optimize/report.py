@@ -89,9 +89,9 @@ def explain(search: "Search", chosen: Candidate | None) -> list[str]:
     for c in ok:
         if c is chosen or c.reason or not chosen:
             continue
-        speed = chosen.final_throughput_ips or chosen.throughput_ips
-        mine = c.final_throughput_ips or c.throughput_ips
-        c.reason = f"within budget but slower: {mine:.0f} vs {speed:.0f} images/s for the chosen file"
+        mine, speed, tol = _speeds(c, chosen)   # both from one run: the finalists' if both were in it
+        tie = f", within the rounds' spread ({tol:.0%})" if mine >= speed * (1 - tol) else ""
+        c.reason = f"within budget but slower: {mine:.0f} vs {speed:.0f} images/s for the chosen file{tie}"
     for c in search.candidates:
         if c.status != "ok" and not c.reason:
             c.reason = c.status
@@ -161,27 +161,30 @@ def plot(r: OptimizeRecord, path: Path) -> None:
 
     from cnndeploy.bench.plots import _save, pareto
 
-    pts = [c for c in r.candidates if c.status == "ok" and c.latency_ms_p50 and c.val_accuracy is not None]
+    # time per image from the figure the choice read: the finalists' side-by-side run where there is one
+    pts = [c for c in r.candidates if c.status == "ok" and (c.final_throughput_ips or c.throughput_ips)
+           and c.val_accuracy is not None]
+    ms = [1000.0 / (c.final_throughput_ips or c.throughput_ips) for c in pts]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colours = {"fp32": "tab:blue", "bf16": "tab:purple", "fp16": "tab:cyan"}
-    for c in pts:
-        ax.scatter(c.latency_ms_p50, 100 * c.val_accuracy, s=28 + 40 * (1 - c.prune_amount),
+    for c, x in zip(pts, ms):
+        ax.scatter(x, 100 * c.val_accuracy, s=28 + 40 * (1 - c.prune_amount),
                    color=colours.get(c.precision, "tab:orange"), alpha=0.8,
                    marker="o" if c.within_budget else "x")
-    front = pareto([(c.latency_ms_p50, c.val_accuracy) for c in pts])
-    ax.plot([pts[i].latency_ms_p50 for i in front], [100 * pts[i].val_accuracy for i in front], "k--", lw=0.8,
+    front = pareto([(x, c.val_accuracy) for c, x in zip(pts, ms)])
+    ax.plot([ms[i] for i in front], [100 * pts[i].val_accuracy for i in front], "k--", lw=0.8,
             label="Pareto front")
     ref = r.reference or {}
     if ref.get("val_accuracy") is not None:
         ax.axhline(100 * ref["val_accuracy"] - r.max_drop, color="tab:red", lw=0.8,
                    label=f"budget: reference − {r.max_drop:g} pts")
-    chosen = next((c for c in pts if c.name == r.chosen), None)
+    chosen = next(((c, x) for c, x in zip(pts, ms) if c.name == r.chosen), None)
     if chosen:
-        ax.scatter(chosen.latency_ms_p50, 100 * chosen.val_accuracy, s=260, marker="*", color="gold",
-                   edgecolor="k", zorder=5, label=f"chosen: {chosen.name}")
+        ax.scatter(chosen[1], 100 * chosen[0].val_accuracy, s=260, marker="*", color="gold",
+                   edgecolor="k", zorder=5, label=f"chosen: {chosen[0].name}")
     ax.set_xscale("log")
-    ax.set_xlabel(f"p50 latency, batch {r.batch_size} (ms, log)")
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_xlabel(f"time per image at batch {r.batch_size} (ms, log; 1 / throughput, "
+                  "the finalists' side-by-side run where timed again)")
     ax.set_title("candidates: blue FP32, purple BF16, orange INT8; x = over budget; size = less pruned")
     ax.legend(fontsize=7, loc="lower right")
     _save(fig, path)

@@ -47,6 +47,12 @@ def rescue_int8(search: "Search", stage: Stage) -> None:
         return
     from cnndeploy.quant.sensitivity import fallback_order, layer_sensitivity
 
+    # a step quantizes and measures one file; measuring a stage measured two
+    step_seconds = search.measure_cost / 2
+    if not search.deadline.allows(step_seconds, f"{stage.name}: the fallback (layer sensitivity, then INT8 "
+                                  "with layers in float)", keep=search.measure_cost):
+        search.fallback.append({"stage": stage.name, "steps": [], "outcome": "not tried: the time budget"})
+        return
     int8_file = stage.run / layout.QUANT_TARGETS[search.quant_target]
     errors = layer_sensitivity(stage.run / layout.ONNX, int8_file, search.calib[:SENSITIVITY_IMAGES])
     search.sensitivity[stage.name] = [e.as_dict() for e in errors]
@@ -54,9 +60,9 @@ def rescue_int8(search: "Search", stage: Stage) -> None:
     entry: dict = {"stage": stage.name, "steps": [], "outcome": None}
     search.fallback.append(entry)
     excluded: list[str] = []
-    step_seconds = 0.0
     for node in fallback_order(errors)[:search.cfg.max_fallback]:
-        if not search.deadline.allows(step_seconds, f"{stage.name}: INT8 with {len(excluded) + 1} layers in float"):
+        if not search.deadline.allows(step_seconds, f"{stage.name}: INT8 with {len(excluded) + 1} layers in float",
+                                      keep=search.measure_cost):
             entry["outcome"] = "stopped by the time budget"
             return
         t0 = time.perf_counter()
@@ -85,8 +91,10 @@ def _qat(search: "Search", stage: Stage, ptq: list[Candidate]) -> None:
     epochs = search.cfg.qat_epochs
     if not epochs:
         return
-    estimate = _epoch_seconds(search, stage) * epochs
-    if not search.deadline.allows(estimate, f"{stage.name}: QAT ({epochs} epoch{'s' if epochs > 1 else ''})"):
+    epoch = _epoch_seconds(search, stage)
+    estimate = None if epoch is None else epoch * epochs + search.measure_cost / 2   # then its file is measured
+    if not search.deadline.allows(estimate, f"{stage.name}: QAT ({epochs} epoch{'s' if epochs > 1 else ''})",
+                                  keep=search.measure_cost):
         return
     qs = search._new_stage(stage.amount, qat=True)
     qs.qat_epochs = epochs
@@ -110,12 +118,13 @@ def _qat(search: "Search", stage: Stage, ptq: list[Candidate]) -> None:
                        "record": result.to_json() if hasattr(result, "to_json") else None})
 
 
-def _epoch_seconds(search: "Search", stage: Stage) -> float:
-    """What one QAT epoch should cost: a training epoch of the parent, scaled by the stage's MACs."""
-    from cnndeploy.artifacts import records
-
-    m = records.read_metrics(search.parent)
-    per_epoch = (m.get("seconds_in_epochs") or 0.0) / max(1, m.get("epochs") or 1)
+def _epoch_seconds(search: "Search", stage: Stage) -> float | None:
+    """What one QAT epoch should cost: a training epoch of the parent (its log.jsonl; None without one),
+    scaled by the stage's MACs."""
+    parent = search.parent_epoch_seconds()
+    if parent is None:
+        return None
+    per_epoch = parent[0]
     parent_macs = (search.costs.get("p0") or {}).get("macs") or 1
     macs = (search.costs.get(stage.name) or {}).get("macs") or parent_macs
     return per_epoch * macs / parent_macs * 1.5   # fake quantization costs about half an epoch more

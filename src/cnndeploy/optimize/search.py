@@ -132,12 +132,11 @@ class Search:
         best_before = self._best(p0.name)
         # the next stage is expected to cost what the last one did (fine-tune + measuring: more pruning
         # costs less, so this errs long); the first, what the parent's log says (_finetune_estimate)
-        estimate = self._finetune_estimate(amounts[0]) if amounts else None
-        next_cost = None if estimate is None else estimate + self.measure_cost
+        next_cost = self._stage_estimate(amounts[0], self.measure_cost) if amounts else None
         for i, amount in enumerate(amounts):
             name = stage_name(amount)
-            if next_cost is not None and not self.deadline.allows(next_cost + self.measure_cost,
-                                                                  f"{name} (pruning {amount:.0%})"):
+            if next_cost is not None and not self.deadline.allows(next_cost, f"{name} (pruning {amount:.0%})",
+                                                                  keep=self.measure_cost):
                 self._skip_rest(amounts[i + 1:], "the time budget ended the search before it")
                 raise _OutOfTime
             if self.deadline.left() <= 0:
@@ -152,6 +151,8 @@ class Search:
             self._measure_stage(stage)
             self._rescue(stage)
             next_cost = time.perf_counter() - t0 - stage.trial_seconds
+            if stage.reused and i + 1 < len(amounts):   # a copy cost nothing; the next fine-tune will
+                next_cost = self._stage_estimate(amounts[i + 1], next_cost)
             best = self._best(stage.name)
             if best is None:
                 self._skip_rest(amounts[i + 1:], f"{name} already misses the budget in every precision and "
@@ -165,12 +166,13 @@ class Search:
                 return
             best_before = best
 
-    def _finetune_estimate(self, amount: float) -> float | None:
-        """Seconds a plain fine-tune at `amount` is expected to take (None: no parent log to go by): the
-        parent's epoch time x the fine-tune's epochs x the MACs left, (1 - amount)^2, x 1.25 for what
-        does not shrink (ResNet-18 at 50% on 2 cores: 153 s per epoch against the parent's ~500 s)."""
-        from cnndeploy.train.prune import default_finetune_epochs
+    def _stage_estimate(self, amount: float, measuring: float) -> float | None:
+        """Seconds the stage at `amount` is expected to take: its fine-tune and `measuring`."""
+        finetune = self._finetune_estimate(amount)
+        return None if finetune is None else finetune + measuring
 
+    def parent_epoch_seconds(self) -> tuple[float, int] | None:
+        """The parent's mean training epoch in seconds (its log.jsonl) and its epochs; None without a log."""
         try:
             rows = [json.loads(line) for line in (self.parent / layout.LOG).read_text().splitlines() if line.strip()]
             seconds = [float(r["seconds"]) for r in rows if isinstance(r, dict) and "seconds" in r]
@@ -179,8 +181,22 @@ class Search:
             return None
         if not seconds or not all(math.isfinite(x) and x >= 0 for x in seconds):
             return None
+        return sum(seconds) / len(seconds), trained
+
+    def _finetune_estimate(self, amount: float) -> float | None:
+        """Seconds the fine-tune at `amount` is expected to take (None: no parent log to go by): the
+        parent's epoch time x the fine-tune's epochs x the MACs left, (1 - amount)^2, x 1.25 for what
+        does not shrink (ResNet-18 at 50% on 2 cores: 153 s per epoch against the parent's ~500 s),
+        x 2 with `--distill on` (the teacher's forward: 299 s against 153 s plain)."""
+        from cnndeploy.train.prune import default_finetune_epochs
+
+        parent = self.parent_epoch_seconds()
+        if parent is None:
+            return None
+        per_epoch, trained = parent
         epochs = self.cfg.finetune_epochs or default_finetune_epochs(trained)
-        return epochs * sum(seconds) / len(seconds) * min(1.0, 1.25 * (1 - amount) ** 2)
+        distill = 2.0 if self.cfg.distill == "on" else 1.0
+        return distill * epochs * per_epoch * min(1.0, 1.25 * (1 - amount) ** 2)
 
     def _skip_rest(self, amounts: list[float], why: str) -> None:
         for amount in amounts:
@@ -216,6 +232,7 @@ class Search:
     def _prune(self, amount: float) -> Stage | None:
         stage = self._new_stage(amount)
         if self._reused(stage):
+            stage.reused = True
             return stage
         t0 = time.perf_counter()
         distill = self.cfg.distill == "on"
@@ -249,8 +266,8 @@ class Search:
         # the distilled fine-tune also runs the parent forward (ResNet-18 at 50%: 299 s per epoch against
         # 153 s plain); then the stage is measured, then the finalists
         stage.trial_seconds = time.perf_counter() - t0
-        if not self.deadline.allows(2 * stage.trial_seconds + 2 * self.measure_cost,
-                                    f"{stage.name}: the distilled fine-tune (plain kept)"):
+        if not self.deadline.allows(2 * stage.trial_seconds + self.measure_cost,
+                                    f"{stage.name}: the distilled fine-tune (plain kept)", keep=self.measure_cost):
             kd_acc, stage.trial_seconds = None, 0.0
         else:
             self._prune_into(amount, kd, True)

@@ -27,6 +27,7 @@ class Stage:
     seconds: float = 0.0       # what making it cost (prune + fine-tune, or QAT)
     distill: bool = False
     trial_seconds: float = 0.0  # the distillation trial's extra fine-tune, which later amounts do not repeat
+    reused: bool = False        # copied from an earlier search (--reuse): its cost says nothing of the next
 
 
 def stage_name(amount: float, qat: bool = False) -> str:
