@@ -99,6 +99,23 @@ def test_an_existing_result_is_never_overwritten(searched, parent, mini_mnist):
     assert (out / layout.BEST).read_bytes() == before
 
 
+def test_reuse_copies_the_fine_tune_and_rebuilds_its_files(searched, parent, mini_mnist, tmp_path):
+    """--reuse skips the fine-tune, but the ONNX files are exported again: an exporter fix reaches them."""
+    import shutil
+
+    earlier = tmp_path / "earlier"
+    shutil.copytree(searched[0], earlier)
+    old = earlier / layout.OPTIMIZE_WORK / "p50"
+    (old / layout.ONNX).write_bytes(b"stale export")
+    r = optimize_run(parent, OptimizeConfig(max_drop=0.5, amounts=(0.5,), **FAST, reuse=str(earlier)),
+                     out=tmp_path / "again", data_dir=str(mini_mnist), progress=False)
+    new = tmp_path / "again" / layout.OPTIMIZE_WORK / "p50"
+    assert r.validation["reused"] == [str(old)]
+    assert (new / layout.WEIGHTS).read_bytes() == (old / layout.WEIGHTS).read_bytes()
+    onnx.checker.check_model(onnx.load(str(new / layout.ONNX)))
+    assert {c.stage for c in r.candidates} >= {"p0", "p50"}
+
+
 def _int8_misses(monkeypatch, factor: float = 20.0, loss: float = 0.05) -> None:
     """A test double of the measurement: the plain INT8 files of the unpruned stage measure `factor`x
     faster and `loss` less accurate than they are, so INT8 misses the budget while being the fastest,

@@ -223,7 +223,9 @@ class Search:
         if (made is None or Path(made.source_run).resolve() != self.parent.resolve() or made.amount != stage.amount
                 or (config.get("holdout", 0), config.get("holdout_seed", 0)) != (self.holdout.size, self.holdout.seed)):
             return False
-        shutil.copytree(src, stage.run, ignore=shutil.ignore_patterns(layout.LOCK, "*.fb*.onnx"))
+        # the trained weights and records only: exported and quantized files are rebuilt, so a fix
+        # to the exporter or quantizer since that search reaches the reused run too
+        shutil.copytree(src, stage.run, ignore=shutil.ignore_patterns(layout.LOCK, "*.onnx", "*.engine"))
         stage.distill = made.finetune_teacher is not None
         self.validation.setdefault("reused", []).append(str(src))
         log.info("%s: the fine-tuned run of %s reused (%s)", stage.name, src, "distilled" if stage.distill else "plain")
