@@ -227,6 +227,9 @@ def test_a_fine_tune_that_cannot_fit_is_not_started(parent, mini_mnist, tmp_path
     assert not r.finished and r.elapsed_s < 300
     assert [s for s in r.skipped if s.startswith("p30") and "expected to take about" in s]
     assert {c.stage for c in r.candidates} == {"p0"} and r.chosen.startswith("p0:")
+    # stopped by an estimate, not by the clock: the room left still times every finalist side by side
+    assert not [s for s in r.skipped if s.startswith("final side-by-side")]
+    assert len([c for c in r.candidates if c.final_throughput_ips and c.file != layout.WEIGHTS]) > 1
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -270,7 +273,8 @@ def test_why_lost_never_blames_the_chosen_file_and_trusts_the_finalists_run():
     p50 = _row("p50:model.onnx@openvino", "p50", 0.5, layout.ONNX, "fp32", 980)    # not a finalist
     p70 = _row("p70:model.onnx@openvino", "p70", 0.7, layout.ONNX, "fp32", 1500, final=1000)
     slow8 = _row("p0:model.int8.onnx@openvino", "p0", 0.0, layout.QUANT_TARGETS["cpu"], "int8", 700, final=1300)
-    search = SimpleNamespace(candidates=[p0, p30, p50, p70, slow8], quant_target="cpu",
+    staged = _row("p0:model.safetensors@openvino", "p0", 0.0, layout.WEIGHTS, "fp32", 800)    # not a finalist
+    search = SimpleNamespace(candidates=[p0, p30, p50, p70, slow8, staged], quant_target="cpu",
                              cfg=SimpleNamespace(max_drop=0.5))
     lines = explain(search, p30)
     assert p30.reason is None and not any(line.startswith(p30.name) for line in lines)
@@ -278,3 +282,5 @@ def test_why_lost_never_blames_the_chosen_file_and_trusts_the_finalists_run():
     assert p70.reason.startswith("within budget but slower")      # 1500 in its stage run, 1000 beside p30
     assert slow8.reason.startswith("within budget but slower")    # 700 vs 1000 staged, 1300 vs 900 side by side
     assert p0.reason == "within budget but slower: 900 vs 1400 images/s for the chosen file"
+    # no side-by-side figure for it: the chosen file's stage-run figure, and the reason says which
+    assert staged.reason == "within budget but slower: 800 vs 950 images/s for the chosen file in the stage runs"

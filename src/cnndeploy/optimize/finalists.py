@@ -67,13 +67,14 @@ def finalise(search: "Search", finished: bool) -> OptimizeRecord:
     from cnndeploy.optimize.search import FINALISTS
 
     finalists = pool[:FINALISTS]
-    short = search.deadline.left() < search.measure_cost   # the finalists' run costs about a stage's measuring
-    if (not finished or short) and len(finalists) > 1:
+    # the finalists' run costs about a stage's measuring; a search that stopped because its next step
+    # would not fit may still have room for it (o07: 712 s left, the run takes about 214 s)
+    left = max(0.0, search.deadline.left())
+    if left < search.measure_cost and len(finalists) > 1:
         finalists = finalists[:1]
-        why = ("the time budget being spent" if not finished else f"{max(0.0, search.deadline.left()):.0f} s of "
-               f"the time budget being left, less than measuring a stage took ({search.measure_cost:.0f} s)")
         search.deadline.skip(f"final side-by-side run: only the best candidate and the reference were timed "
-                             f"again, {why}")
+                             f"again, {left:.0f} s of the time budget being left, less than measuring a stage "
+                             f"took ({search.measure_cost:.0f} s)")
     if finalists:
         _final_run(search, finalists)
     timed = [c for c in finalists if c.final_throughput_ips]

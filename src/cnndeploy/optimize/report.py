@@ -91,7 +91,11 @@ def explain(search: "Search", chosen: Candidate | None) -> list[str]:
             continue
         mine, speed, tol = _speeds(c, chosen)   # both from one run: the finalists' if both were in it
         tie = f", within the rounds' spread ({tol:.0%})" if mine >= speed * (1 - tol) else ""
-        c.reason = f"within budget but slower: {mine:.0f} vs {speed:.0f} images/s for the chosen file{tie}"
+        # a file left out of the finalists' run is compared with the chosen one's stage-run figure,
+        # which the table's finalists' column does not show: say so
+        where = "" if c.final_throughput_ips else " in the stage runs"
+        c.reason = (f"within budget but slower: {mine:.0f} vs {speed:.0f} images/s for the chosen file"
+                    f"{where}{tie}")
     for c in search.candidates:
         if c.status != "ok" and not c.reason:
             c.reason = c.status
