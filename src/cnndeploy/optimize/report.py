@@ -187,9 +187,10 @@ def plot(r: OptimizeRecord, path: Path) -> None:
         ax.scatter(chosen[1], 100 * chosen[0].val_accuracy, s=260, marker="*", color="gold",
                    edgecolor="k", zorder=5, label=f"chosen: {chosen[0].name}")
     ax.set_xscale("log")
-    ax.set_xlabel(f"time per image at batch {r.batch_size} (ms, log; 1 / throughput, "
-                  "the finalists' side-by-side run where timed again)")
-    ax.set_title("candidates: blue FP32, purple BF16, orange INT8; x = over budget; size = less pruned")
+    ax.set_xlabel(f"ms per image at batch {r.batch_size} (log; 1 / throughput, from the finalists' "
+                  "side-by-side run where timed again)", fontsize=9)
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("blue FP32, purple BF16, orange INT8; x = over budget; bigger = less pruned", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     _save(fig, path)
 
