@@ -284,3 +284,26 @@ def test_why_lost_never_blames_the_chosen_file_and_trusts_the_finalists_run():
     assert p0.reason == "within budget but slower: 900 vs 1400 images/s for the chosen file"
     # no side-by-side figure for it: the chosen file's stage-run figure, and the reason says which
     assert staged.reason == "within budget but slower: 800 vs 950 images/s for the chosen file in the stage runs"
+
+
+def test_a_speed_tie_in_the_finalists_run_goes_to_the_more_accurate_file():
+    from cnndeploy.optimize.finalists import pick
+
+    fast = _row("p30:model.onnx@openvino", "p30", 0.3, layout.ONNX, "bf16", 980, final=1030, val_accuracy=0.9878)
+    exact = _row("p0:model.onnx@openvino", "p0", 0.0, layout.ONNX, "bf16", 950, final=1000, val_accuracy=0.9898)
+    slow = _row("p0:model.int8.onnx@openvino", "p0", 0.0, layout.QUANT_TARGETS["cpu"], "int8", 600, final=600,
+                val_accuracy=0.9990)
+    fast.final_spread = exact.final_spread = 0.05      # 3% apart in a run with a 5% spread: no difference
+    assert pick([fast, exact, slow]) is exact
+    fast.final_spread = exact.final_spread = 0.01      # 3% apart beyond a 1% spread: the faster one
+    assert pick([fast, exact, slow]) is fast
+    fast.final_spread = exact.final_spread = 0.05
+    search = SimpleNamespace(candidates=[fast, exact, slow], quant_target="cpu", cfg=SimpleNamespace(max_drop=0.5))
+    fast.val_drop_points, exact.val_drop_points = 0.2, 0.0
+    explain(search, exact)
+    assert fast.reason.startswith("pruned but no faster")   # beside the unpruned file it ties with
+    # an unpruned file that ties (another backend, say): the reason names the tie and the accuracy
+    fast.reason, fast.prune_amount, fast.stage = None, 0.0, "p0"
+    explain(search, exact)
+    assert fast.reason.startswith("no faster than the chosen file beyond the rounds' spread") and "+0.20 vs +0.00" \
+        in fast.reason

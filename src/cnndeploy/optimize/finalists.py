@@ -59,6 +59,15 @@ def _final_run(search: "Search", finalists: list[Candidate]) -> None:
             c.speedup_vs_reference = round(c.final_throughput_ips / ref, 3)
 
 
+def pick(timed: list[Candidate]) -> Candidate:
+    """The fastest finalist in the side-by-side run; among those it does not beat by more than the run's
+    spread (no difference, measured), the one with the best validation accuracy."""
+    fastest = max(timed, key=lambda c: c.final_throughput_ips)
+    ties = [c for c in timed if c.final_throughput_ips >= fastest.final_throughput_ips
+            * (1 - max(0.02, fastest.final_spread or 0.0, c.final_spread or 0.0))]
+    return max(ties, key=lambda c: (c.val_accuracy or 0.0, c.final_throughput_ips))
+
+
 def finalise(search: "Search", finished: bool) -> OptimizeRecord:
     from cnndeploy.optimize.report import explain, write_report
 
@@ -78,7 +87,7 @@ def finalise(search: "Search", finished: bool) -> OptimizeRecord:
     if finalists:
         _final_run(search, finalists)
     timed = [c for c in finalists if c.final_throughput_ips]
-    chosen = max(timed, key=lambda c: c.final_throughput_ips, default=finalists[0] if finalists else None)
+    chosen = pick(timed) if timed else (finalists[0] if finalists else None)
     best_file = None
     if chosen is not None:
         best_file = _write_best(search, chosen)

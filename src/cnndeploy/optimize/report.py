@@ -90,6 +90,11 @@ def explain(search: "Search", chosen: Candidate | None) -> list[str]:
         if c is chosen or c.reason or not chosen:
             continue
         mine, speed, tol = _speeds(c, chosen)   # both from one run: the finalists' if both were in it
+        if mine >= speed:   # a tie the choice broke by accuracy (finalists.pick)
+            c.reason = (f"no faster than the chosen file beyond the rounds' spread ({mine:.0f} vs {speed:.0f} "
+                        f"images/s, {tol:.0%}) and less accurate on validation ({c.val_drop_points:+.2f} vs "
+                        f"{chosen.val_drop_points:+.2f} points)")
+            continue
         tie = f", within the rounds' spread ({tol:.0%})" if mine >= speed * (1 - tol) else ""
         # a file left out of the finalists' run is compared with the chosen one's stage-run figure,
         # which the table's finalists' column does not show: say so
