@@ -125,10 +125,30 @@ def test_bad_input_is_refused(parent, mini_mnist, qat_run, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def _shortcuts_first(src: Path, dest: Path) -> Path:
+    """The graph with every 1x1 shortcut conv moved before its block's conv1: still topologically sorted
+    (both read the block's input), the order quant_pre_process once produced by itself."""
+    proto = onnx.load(str(src))
+    nodes = list(proto.graph.node)
+    shortcuts = [n for n in nodes if n.op_type == "Conv" and "shortcut" in n.input[1]]
+    assert shortcuts, "a CIFAR ResNet with 1x1 shortcut convolutions"
+    for shortcut in shortcuts:
+        conv1 = next(n for n in nodes if n.op_type == "Conv" and n.input[0] == shortcut.input[0] and n is not shortcut)
+        nodes.remove(shortcut)
+        nodes.insert(nodes.index(conv1), shortcut)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    dest.parent.mkdir(parents=True)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(dest))
+    return dest
+
+
 def test_a_resnet_gets_each_trained_scale_on_its_own_layer(shared_data, tmp_path):
-    """quant_pre_process's optimizer puts a CIFAR ResNet's 1x1 shortcut before its block's conv1. Pairing
-    graph nodes with model layers by position failed QAT of every such ResNet ("the graph's layers are
-    not in the model's order"); each trained scale must land on the input of the layer it was calibrated on."""
+    """quant_pre_process's optimizer put a CIFAR ResNet's 1x1 shortcut before its block's conv1 (seen on
+    graphs traced from an NHWC-strided sample). Pairing graph nodes with model layers by position failed
+    QAT of every such ResNet ("the graph's layers are not in the model's order"); each trained scale must
+    land on the input of the layer it was calibrated on, whatever order the graph lists its layers in."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from cnndeploy.export import export_onnx
@@ -136,8 +156,9 @@ def test_a_resnet_gets_each_trained_scale_on_its_own_layer(shared_data, tmp_path
     from cnndeploy.quant.qat import FakeQuantModel, _write_qdq
     from test_export import make_run
 
-    fp32, _ = export_onnx(make_run(tmp_path, "resnet20", shared_data, "cifar10"), data_dir=str(shared_data))
-    net, card = weights.load_run(fp32.parent)
+    exported, _ = export_onnx(make_run(tmp_path, "resnet20", shared_data, "cifar10"), data_dir=str(shared_data))
+    fp32 = _shortcuts_first(exported, tmp_path / "reordered" / exported.name)
+    net, card = weights.load_run(exported.parent)
     model = FakeQuantModel(net)
     x = np.random.default_rng(0).standard_normal((16, *card.shape)).astype(np.float32)
     model.calibrate(x, "cpu")
