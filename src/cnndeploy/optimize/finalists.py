@@ -62,9 +62,10 @@ def _final_run(search: "Search", finalists: list[Candidate]) -> None:
 def pick(timed: list[Candidate]) -> Candidate:
     """The fastest finalist in the side-by-side run; among those it does not beat by more than the run's
     spread (no difference, measured), the one with the best validation accuracy."""
+    from cnndeploy.optimize.report import speeds
+
     fastest = max(timed, key=lambda c: c.final_throughput_ips)
-    ties = [c for c in timed if c.final_throughput_ips >= fastest.final_throughput_ips
-            * (1 - max(0.02, fastest.final_spread or 0.0, c.final_spread or 0.0))]
+    ties = [c for c in timed if (s := speeds(c, fastest))[0] >= s[1] * (1 - s[2])]
     return max(ties, key=lambda c: (c.val_accuracy or 0.0, c.final_throughput_ips))
 
 

@@ -12,7 +12,7 @@ from cnndeploy.fileio import write_bytes_atomic
 if TYPE_CHECKING:
     from cnndeploy.optimize.search import Search
 
-def _speeds(a: Candidate, b: Candidate) -> tuple[float, float, float]:
+def speeds(a: Candidate, b: Candidate) -> tuple[float, float, float]:
     """a's and b's throughput and the spread that separates them, from the finalists' run where both were
     in it (one interleaved run beats two stage runs minutes apart), else from the stage runs."""
     if a.final_throughput_ips and b.final_throughput_ips:
@@ -51,7 +51,7 @@ def explain(search: "Search", chosen: Candidate | None) -> list[str]:
         f = by.get((c.stage, layout.ONNX, c.backend, "fp32"))
         if f is None:
             continue
-        mine, theirs, tol = _speeds(c, f)
+        mine, theirs, tol = speeds(c, f)
         if mine >= theirs * (1 - tol):
             continue
         ratio = mine / theirs
@@ -68,7 +68,7 @@ def explain(search: "Search", chosen: Candidate | None) -> list[str]:
                     layout.QUANT_TARGETS[search.quant_target], c.backend, c.precision))
         if p is None:
             continue
-        mine, theirs, tol = _speeds(c, p)
+        mine, theirs, tol = speeds(c, p)
         if mine > theirs * (1 + tol):
             continue
         macs = (p.macs or 0) / (c.macs or 1)
@@ -89,7 +89,7 @@ def explain(search: "Search", chosen: Candidate | None) -> list[str]:
     for c in ok:
         if c is chosen or c.reason or not chosen:
             continue
-        mine, speed, tol = _speeds(c, chosen)   # both from one run: the finalists' if both were in it
+        mine, speed, tol = speeds(c, chosen)   # both from one run: the finalists' if both were in it
         if mine >= speed:   # a tie the choice broke by accuracy (finalists.pick)
             c.reason = (f"no faster than the chosen file beyond the rounds' spread ({mine:.0f} vs {speed:.0f} "
                         f"images/s, {tol:.0%}) and less accurate on validation ({c.val_drop_points:+.2f} vs "
