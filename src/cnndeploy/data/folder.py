@@ -185,6 +185,8 @@ def _collect(source: Path, max_bytes: int) -> tuple[dict[str, set[str]], dict[st
                         if not source.is_dir():
                             raise
                         skipped[f"unreadable ({e.strerror or e})"] += 1
+    # NotImplementedError: zipfile's answer to a member packed with a compression method it lacks;
+    # RuntimeError: an encrypted zip member
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DatasetError(f"{source}: cannot read ({first})") from None
