@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from cnndeploy.artifacts import files as layout
+from cnndeploy.artifacts import records
 from cnndeploy.artifacts.card import ModelCard
 from cnndeploy.artifacts.records import Candidate, OptimizeRecord
 from cnndeploy.artifacts.variants import discover
@@ -114,6 +115,12 @@ def test_reuse_copies_the_fine_tune_and_rebuilds_its_files(searched, parent, min
     assert (new / layout.WEIGHTS).read_bytes() == (old / layout.WEIGHTS).read_bytes()
     onnx.checker.check_model(onnx.load(str(new / layout.ONNX)))
     assert {c.stage for c in r.candidates} >= {"p0", "p50"}
+    # a fine-tune made with other options is not the one asked for: made again, not copied
+    r = optimize_run(parent, OptimizeConfig(max_drop=0.5, amounts=(0.5,), **{**FAST, "distill": "on"},
+                                            reuse=str(earlier)),
+                     out=tmp_path / "distilled", data_dir=str(mini_mnist), progress=False)
+    assert "reused" not in r.validation
+    assert records.PruneRecord.read(tmp_path / "distilled" / layout.OPTIMIZE_WORK / "p50").finetune_teacher
 
 
 def _int8_misses(monkeypatch, factor: float = 20.0, loss: float = 0.05) -> None:

@@ -344,7 +344,8 @@ def _add_optimize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amounts", type=_fraction_list, default=(0.3, 0.5, 0.7), metavar="A,A,...",
                    help="pruning amounts tried beside the unpruned model (default 0.3,0.5,0.7; none: no pruning)")
     p.add_argument("--reuse", metavar="DIR", help="an earlier optimize --out of the same RUN_DIR: copy its "
-                                                  "fine-tuned pruned runs instead of pruning again")
+                                                  "fine-tuned pruned runs made with the same fine-tune "
+                                                  "options instead of pruning again")
     p.add_argument("--finetune-epochs", type=_positive_int, help="per pruned amount (default: prune's, 20%% of "
                                                                  "the training run)")
     p.add_argument("--distill", default="auto", choices=("auto", "on", "off"),

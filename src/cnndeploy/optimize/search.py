@@ -223,6 +223,14 @@ class Search:
         if (made is None or Path(made.source_run).resolve() != self.parent.resolve() or made.amount != stage.amount
                 or (config.get("holdout", 0), config.get("holdout_seed", 0)) != (self.holdout.size, self.holdout.seed)):
             return False
+        # made with other options is not the fine-tune this search asks for (auto takes either recipe)
+        asked = {"finetune_epochs": self.cfg.finetune_epochs}
+        if self.cfg.distill != "auto":
+            asked["distill"] = self.cfg.distill == "on"
+        made_with = {**made.config, "distill": made.finetune_teacher is not None}
+        if differ := [k for k, v in asked.items() if made_with.get(k) != v]:
+            log.info("%s: %s not reused, it was made with other %s", stage.name, src, ", ".join(differ))
+            return False
         # the trained weights and records only: exported and quantized files are rebuilt, so a fix
         # to the exporter or quantizer since that search reaches the reused run too
         shutil.copytree(src, stage.run, ignore=shutil.ignore_patterns(layout.LOCK, "*.onnx", "*.engine"))
